@@ -1,0 +1,6 @@
+"""comfyui-magcache: MagCache for diffusion transformers in ComfyUI, through model_patcher wrappers."""
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+WEB_DIRECTORY = "./web/js"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -1,0 +1,17 @@
+"""MagCache core: decision rule, ratio curves, calibration statistics, residual store, run state.
+
+Pure torch/numpy: no ComfyUI import here, so it is unit-testable and can drive other hosts.
+"""
+from .errors import MagCacheInputError
+from .ratios import COND, UNCOND, RatioCurves, nearest_interp, validate_ratios
+from .decision import MagCacheParams, MagCacheRule, computed_steps
+from .calibration import CalibrationRecorder
+from .residuals import ResidualStore
+from .run import CallContext, RunConfig, RunState
+from .storage import CalibrationStore
+
+__all__ = [
+    "MagCacheInputError", "COND", "UNCOND", "RatioCurves", "nearest_interp", "validate_ratios",
+    "MagCacheParams", "MagCacheRule", "computed_steps", "CalibrationRecorder", "ResidualStore",
+    "CallContext", "RunConfig", "RunState", "CalibrationStore",
+]

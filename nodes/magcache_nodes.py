@@ -1,0 +1,201 @@
+"""The nodes: inputs in, a cloned and patched MODEL out. The mechanism is in ``patching.py``."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+
+import folder_paths
+import torch
+
+from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, RunConfig
+from ..magcache_core.storage import CalibrationStore, check_name
+from ..strategies import all_presets, detect
+from .patching import patch_model
+
+log = logging.getLogger("comfyui-magcache")
+CALIBRATION_PREFIX = "calibration: "
+CACHE_DEVICES = ["main_device", "cpu"]
+
+
+def calibration_store() -> CalibrationStore:
+    """Calibrations live in ComfyUI's user directory, under magcache/calibrations/."""
+    return CalibrationStore(os.path.join(folder_paths.get_user_directory(), "magcache", "calibrations"))
+
+
+def _number(name, value, lo, hi, integer=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not (lo <= value <= hi) or (integer and int(value) != value):
+        kind = "a whole number" if integer else "a number"
+        raise MagCacheInputError(name, f"got {value!r}; expected {kind} from {lo} to {hi}")
+    return int(value) if integer else float(value)
+
+
+def resolve_curves(strategy, model, preset: str, ratios: RatioCurves | None):
+    """(curves, label, recommended params or None) for the node's preset / ratios inputs."""
+    if ratios is not None:
+        if not isinstance(ratios, RatioCurves):
+            raise MagCacheInputError("ratios", f"expected MAGCACHE_RATIOS from a 'MagCache Ratios' node, got {type(ratios).__name__}")
+        return ratios, f"custom ratios ({ratios.length} steps)", None
+    if not isinstance(preset, str):
+        raise MagCacheInputError("preset", f"expected a preset name, got {type(preset).__name__}")
+    if preset == "auto":
+        name, detected = strategy.auto_preset(model)
+        if name is None:
+            raise MagCacheInputError(
+                "preset", f"auto-detect found {detected}. Run MagCacheCalibrate once on this model and "
+                          f"pick 'calibration: <name>', or choose one of {sorted(strategy.presets)} by hand")
+        p = strategy.presets[name]
+        return p.curves, f"{name} (auto: {detected})", p.params
+    if preset.startswith(CALIBRATION_PREFIX):
+        curves, doc = calibration_store().curves(preset[len(CALIBRATION_PREFIX):], "preset")
+        if doc["model"] != strategy.name:
+            raise MagCacheInputError("preset", f"calibration {doc['name']!r} was made on a {doc['model']} model, "
+                                               f"this model is {strategy.title}; calibrate this model instead")
+        return curves, f"calibration {doc['name']!r} ({doc['steps']} steps)", None
+    if preset in strategy.presets:
+        p = strategy.presets[preset]
+        return p.curves, preset, p.params
+    known = all_presets()
+    if preset in known:
+        raise MagCacheInputError("preset", f"{preset!r} is a {known[preset][0].title} preset; this model is "
+                                           f"{strategy.title} (its presets: {sorted(strategy.presets)})")
+    raise MagCacheInputError("preset", f"unknown preset {preset!r}; choose 'auto', one of {sorted(known)} "
+                                       f"or a saved 'calibration: <name>'")
+
+
+class MagCacheApply:
+    DESCRIPTION = ("Skips the transformer blocks on denoising steps where their output barely changes "
+                   "and reuses the cached residual (MagCache). Put it right after the model loader.")
+    CATEGORY = "MagCache"
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The model with MagCache; the input model is left unchanged.",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        presets = ["auto"] + sorted(all_presets()) + [CALIBRATION_PREFIX + n for n in calibration_store().names()]
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model to speed up (FLUX.1 or Wan 2.1)."}),
+                "preset": (presets, {"default": "auto", "tooltip": "Magnitude-ratio curve. 'auto' picks the published "
+                           "curve for the detected model; 'calibration: …' uses one you made with MagCacheCalibrate."}),
+                "threshold": ("FLOAT", {"default": 0.24, "min": 0.0, "max": 5.0, "step": 0.01, "tooltip":
+                              "Accumulated error allowed before the blocks must run again. Higher = faster, "
+                              "less faithful; 0 = never skip. FLUX: 0.24; Wan: 0.12-0.24."}),
+                "retention_ratio": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                    "Fraction of the first steps that always compute (they set the layout). FLUX: 0.1, Wan: 0.2."}),
+                "max_skip_steps": ("INT", {"default": 4, "min": 0, "max": 100, "tooltip":
+                                   "K: at most this many steps in a row are skipped. FLUX: 5, Wan: 4."}),
+                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                  "Skipping may start at this point of sampling (0 = the first step)."}),
+                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                "Skipping stops at this point of sampling (1 = the last step)."}),
+                "cache_device": (CACHE_DEVICES, {"default": "main_device", "tooltip":
+                                 "Where cached residuals live: with the model (fastest) or in CPU memory (saves VRAM)."}),
+            },
+            "optional": {
+                "ratios": ("MAGCACHE_RATIOS", {"tooltip": "Your own ratio curve (from a 'MagCache Ratios' node); overrides the preset."}),
+            },
+        }
+
+    def apply(self, model, preset, threshold, retention_ratio, max_skip_steps, start_percent=0.0,
+              end_percent=1.0, cache_device="main_device", ratios=None):
+        params = MagCacheParams(_number("threshold", threshold, 0.0, 1e6),
+                                _number("retention_ratio", retention_ratio, 0.0, 1.0),
+                                _number("max_skip_steps", max_skip_steps, 0, 10_000, integer=True))
+        start = _number("start_percent", start_percent, 0.0, 1.0)
+        end = _number("end_percent", end_percent, 0.0, 1.0)
+        if start >= end:
+            raise MagCacheInputError("end_percent", f"must be greater than start_percent ({start} >= {end})")
+        if cache_device not in CACHE_DEVICES:
+            raise MagCacheInputError("cache_device", f"got {cache_device!r}; expected one of {CACHE_DEVICES}")
+        strategy = detect(model)
+        curves, label, recommended = resolve_curves(strategy, model, preset, ratios)
+        offload = torch.device("cpu") if cache_device == "cpu" else None
+        config = RunConfig("magcache", params, curves, start, end, offload, label=f"{strategy.title}, {label}")
+        hint = ""
+        if recommended is not None and recommended != params:
+            hint = (f"; the preset recommends threshold {recommended.threshold}, retention "
+                    f"{recommended.retention_ratio}, K {recommended.max_skips}")
+        log.info("MagCacheApply: %s, %s, threshold %s, retention %s, K %s%s", strategy.title, label,
+                 params.threshold, params.retention_ratio, params.max_skips, hint)
+        return (patch_model(model, strategy, config),)
+
+
+class MagCacheCalibrate:
+    DESCRIPTION = ("Records this model's magnitude-ratio curve during one normal sampling run (nothing is "
+                   "skipped) and saves it under a name that MagCacheApply's preset list then offers.")
+    CATEGORY = "MagCache"
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The model, recording; connect it to the sampler of the run to calibrate on.",)
+    FUNCTION = "calibrate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The model to calibrate (FLUX.1 or Wan 2.1)."}),
+            "calibration_name": ("STRING", {"default": "my_model", "tooltip":
+                                 "Saved as <ComfyUI user dir>/magcache/calibrations/<name>.json (overwritten if it exists). "
+                                 "Letters, digits, '_', '-', '.', spaces."}),
+        }}
+
+    def calibrate(self, model, calibration_name):
+        name = check_name(calibration_name)
+        strategy = detect(model)
+        store = calibration_store()
+        store.path(name)                              # fail now, not after sampling, on a bad name
+        config = RunConfig("calibrate", calibration_name=name, label=f"{strategy.title}, calibrating {name!r}")
+        return (patch_model(model, strategy, config, on_success=_saver(store, name)),)
+
+
+def _saver(store: CalibrationStore, name: str):
+    def save(run, strategy):
+        stats = run.recorder.result()
+        for kind, s in stats.items():
+            if len(s["ratio"]) != run.num_steps:
+                raise RuntimeError(f"MagCacheCalibrate: {kind} has {len(s['ratio'])} of {run.num_steps} steps; "
+                                   "the sampler skipped model calls, calibration not saved")
+        path = store.save(name, strategy.name, run.num_steps, stats, {"residual": strategy.residual})
+        spans = ", ".join(f"{k}: {min(s['ratio'][1:] or [1]):.3f}-{max(s['ratio'][1:] or [1]):.3f}" for k, s in stats.items())
+        log.info("MagCacheCalibrate: saved %r (%d steps; ratio range %s) to %s", name, run.num_steps, spans, path)
+    return save
+
+
+class MagCacheRatios:
+    DESCRIPTION = "A ratio curve typed in by hand, for MagCacheApply's 'ratios' input."
+    CATEGORY = "MagCache"
+    RETURN_TYPES = ("MAGCACHE_RATIOS",)
+    FUNCTION = "parse"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"ratios": ("STRING", {"multiline": True, "default": "[1.0, 1.1, 1.05, 1.0, 0.98, 0.95]",
+                "tooltip": "A JSON list with one ratio per step, or {\"cond\": [...], \"uncond\": [...]}. "
+                           "Any length: it is resampled to the run's step count."})}}
+
+    def parse(self, ratios):
+        if not isinstance(ratios, str):
+            raise MagCacheInputError("ratios", f"expected text, got {type(ratios).__name__}")
+        text = ratios.strip()
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            try:
+                value = [float(v) for v in text.replace("\n", ",").split(",") if v.strip()]
+            except ValueError:
+                raise MagCacheInputError("ratios", "not a JSON list/object nor comma-separated numbers") from None
+        return (RatioCurves.from_json(value, source="custom", input_name="ratios"),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "MagCacheApply": MagCacheApply,
+    "MagCacheCalibrate": MagCacheCalibrate,
+    "MagCacheRatios": MagCacheRatios,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "MagCacheApply": "MagCache Apply",
+    "MagCacheCalibrate": "MagCache Calibrate",
+    "MagCacheRatios": "MagCache Ratios",
+}
