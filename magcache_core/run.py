@@ -96,13 +96,14 @@ class RunState:
 
     # -- the blocks -------------------------------------------------------------------------
     def enter_blocks(self, ctx: CallContext, stream_in: torch.Tensor) -> None:
-        ctx.stream_in = stream_in
         if ctx.skip:
             residual = self.residuals.get_batch(ctx.keys, stream_in)
-            if residual is None:          # a cond or a shape this run has no residual for: compute
-                ctx.skip = False
-            else:
+            if residual is not None:
                 ctx.skip_out = stream_in + residual
+                return
+            ctx.skip = False              # a cond or a shape this run has no residual for: compute
+        # A copy: blocks may update their input in place (ComfyUI's FLUX double blocks do `img += ...`).
+        ctx.stream_in = stream_in.clone()
 
     def leave_blocks(self, ctx: CallContext, stream_out: torch.Tensor) -> None:
         residual = stream_out - ctx.stream_in

@@ -116,7 +116,7 @@ class BlockPatch:
         s = self.strategy
         if self.first:
             run.enter_blocks(ctx, s.stream_in(self.key, args))
-        if ctx.skip:
+        if ctx.skip:                       # every block passes through; the last returns input + residual
             return s.with_stream(self.key, args, ctx.skip_out) if self.last else s.passthrough(self.key, args)
         out = self._compute(args, extra)
         if self.last:
