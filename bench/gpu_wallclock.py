@@ -1,0 +1,252 @@
+"""Whole ComfyUI sampling runs on a FLUX.1-dev-sized model (random bf16 weights), with and without
+this pack: wall clock and CUDA-event time around ``comfy.sample.sample``, computed steps, peak GPU
+memory, and the output's difference from the unpatched run.
+
+Configs (one model, built once; each patched model is a clone, the base is never changed):
+  unpatched           plain ComfyUI
+  magcache_flux       MagCacheApply, preset "flux", threshold 0.24, retention 0.1, K 5
+  magcache_thresh0    MagCacheApply, same preset, threshold 0 (never skips: the cost of our patches)
+  calibrate           MagCacheCalibrate (records the ratio curve while computing every step)
+  unpatched_end       plain ComfyUI again, last, to see whether the machine drifted
+
+Each config: --warmup untimed runs, then --reps timed runs; the median is reported.
+
+    python bench/gpu_wallclock.py --comfyui PATH/TO/ComfyUI --out result.json
+    python bench/gpu_wallclock.py --comfyui PATH --out /tmp/r.json --tiny      # CPU smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
+                hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38,
+                axes_dim=[16, 56, 56], theta=10000, qkv_bias=True, guidance_embed=True, patch_size=2)
+# --tiny: same classes, same code path, a size a CPU samples in seconds.
+FLUX_TINY = dict(FLUX_DEV, vec_in_dim=32, context_in_dim=48, hidden_size=64, mlp_ratio=2.0, num_heads=2,
+                 depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12])
+
+CONFIGS = ["unpatched", "magcache_flux", "magcache_thresh0", "calibrate", "unpatched_end"]
+SUMMARY_RE = re.compile(r"computed (\d+)/(\d+) steps (\[[0-9, ]*\])")
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--comfyui", required=True, help="ComfyUI tree (holds comfy/ and folder_paths.py)")
+    p.add_argument("--out", required=True, help="result JSON file")
+    p.add_argument("--steps", type=int, default=28)
+    p.add_argument("--size", type=int, default=1024, help="image side in pixels (latent side = size / 8)")
+    p.add_argument("--reps", type=int, default=3, help="timed runs per config")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per config before the timed ones")
+    p.add_argument("--tokens", type=int, default=512, help="text tokens in the conditioning")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {CONFIGS}")
+    p.add_argument("--tiny", action="store_true", help="tiny FLUX (hidden 64, 2+2 blocks) for a CPU smoke test")
+    return p.parse_args()
+
+
+class SummaryCapture(logging.Handler):
+    """Keeps the pack's log lines; the per-run summary says which steps were computed."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def main():
+    a = parse_args()
+    configs = [c.strip() for c in a.configs.split(",") if c.strip()]
+    unknown = set(configs) - set(CONFIGS)
+    if unknown:
+        sys.exit(f"unknown configs {sorted(unknown)}; known: {CONFIGS}")
+
+    comfy_root = str(Path(a.comfyui).resolve())
+    sys.path.insert(0, comfy_root)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+
+    import torch
+    import comfy.cli_args
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        comfy.cli_args.args.cpu = True
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sample
+    import comfy.supported_models
+    import folder_paths
+    folder_paths.set_user_directory(tempfile.mkdtemp(prefix="magcache-bench-user-"))  # calibrations land here
+
+    spec = importlib.util.spec_from_file_location("comfyui_magcache", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["comfyui_magcache"] = pack
+    spec.loader.exec_module(pack)
+    nodes = pack.NODE_CLASS_MAPPINGS
+    capture = SummaryCapture()
+    logging.getLogger("comfyui-magcache").addHandler(capture)
+
+    dev = torch.device("cuda") if cuda else torch.device("cpu")
+    dtype = torch.bfloat16
+    unet_config = FLUX_TINY if a.tiny else FLUX_DEV
+
+    # -- the model, through ComfyUI's own classes ----------------------------------------------
+    t0 = time.perf_counter()
+    mc = comfy.supported_models.Flux(dict(unet_config))
+    mc.set_inference_dtype(dtype, None)
+    model = mc.get_model({}, device=dev)
+    dm = model.diffusion_model
+    g = torch.Generator(device=dev).manual_seed(a.seed)
+    with torch.no_grad():
+        for prm in dm.parameters():
+            prm.normal_(0.0, 0.02, generator=g)
+    dm.eval()
+    base = comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=dev)
+    if cuda:
+        torch.cuda.synchronize()
+    n_params = sum(p.numel() for p in dm.parameters())
+    param_dtypes = sorted({str(p.dtype) for p in dm.parameters()})
+    build_s = time.perf_counter() - t0
+    print(f"built {type(dm).__module__}.{type(dm).__name__}: {n_params / 1e9:.3f} B params {param_dtypes} "
+          f"on {dev} in {build_s:.1f} s", flush=True)
+
+    # Every computed pass of the blocks calls double_blocks[0]; a skipped one does not.
+    block0_calls = [0]
+    dm.double_blocks[0].register_forward_pre_hook(lambda mod, args: block0_calls.__setitem__(0, block0_calls[0] + 1))
+
+    # -- conditioning and latent --------------------------------------------------------------
+    gc = torch.Generator().manual_seed(a.seed + 1)
+    ctx_w, pooled_w = unet_config["context_in_dim"], unet_config["vec_in_dim"]
+
+    def cond():
+        return [[torch.randn(1, a.tokens, ctx_w, generator=gc).to(dtype),
+                 {"pooled_output": torch.randn(1, pooled_w, generator=gc), "guidance": 3.5}]]
+
+    positive, negative = cond(), cond()
+    side = a.size // 8
+    latent = torch.zeros(1, 16, side, side)
+    noise = comfy.sample.prepare_noise(latent, a.seed + 2)
+
+    # -- the configs --------------------------------------------------------------------------
+    def make(name):
+        if name in ("unpatched", "unpatched_end"):
+            return base
+        if name == "magcache_flux":
+            return nodes["MagCacheApply"]().apply(base, "flux", 0.24, 0.1, 5)[0]
+        if name == "magcache_thresh0":
+            return nodes["MagCacheApply"]().apply(base, "flux", 0.0, 0.1, 5)[0]
+        if name == "calibrate":
+            return nodes["MagCacheCalibrate"]().calibrate(base, "bench_flux")[0]
+        raise KeyError(name)
+
+    def sample_once(m):
+        n_lines = len(capture.lines)
+        block0_calls[0] = 0
+        ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if cuda else None
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        if ev:
+            ev[0].record()
+        out = comfy.sample.sample(m, noise, a.steps, 1.0, "euler", "simple", positive, negative, latent,
+                                  denoise=1.0, disable_pbar=True, seed=a.seed + 2)
+        if ev:
+            ev[1].record()
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+        event_s = ev[0].elapsed_time(ev[1]) / 1000 if ev else None
+        summary = None
+        for line in capture.lines[n_lines:]:
+            mm = SUMMARY_RE.search(line)
+            if mm:
+                summary = dict(computed=int(mm.group(1)), seen=int(mm.group(2)), steps=json.loads(mm.group(3)))
+        return out.float().cpu(), wall, event_s, block0_calls[0], summary
+
+    results, outputs = {}, {}
+    for name in configs:
+        m = make(name)
+        for _ in range(a.warmup):
+            sample_once(m)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            mem_before = torch.cuda.memory_allocated()
+        walls, events, calls, summaries, outs = [], [], [], [], []
+        for _ in range(a.reps):
+            out, wall, event_s, n_calls, summary = sample_once(m)
+            walls.append(wall)
+            events.append(event_s)
+            calls.append(n_calls)
+            summaries.append(summary)
+            outs.append(out)
+        r = dict(wall_s_median=statistics.median(walls), wall_s=walls,
+                 cuda_event_s_median=statistics.median(events) if cuda else None, cuda_event_s=events if cuda else None,
+                 block0_calls=calls, computed_steps=calls[0],
+                 pack_summary=summaries[0], out_mean_abs=outs[0].abs().mean().item(),
+                 out_finite=bool(torch.isfinite(outs[0]).all()),
+                 max_abs_diff_between_reps=max((o - outs[0]).abs().max().item() for o in outs))
+        if cuda:
+            r["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            r["peak_over_start_gib"] = (torch.cuda.max_memory_allocated() - mem_before) / 2**30
+            r["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+        if summaries[0] is not None and summaries[0]["computed"] != calls[0]:
+            r["note"] = "pack summary and block-0 hook disagree"
+        outputs[name] = outs[0]
+        results[name] = r
+        print(name, json.dumps(r), flush=True)
+        del m
+
+    ref = results.get("unpatched")
+    for name, r in results.items():
+        if ref is not None:
+            r["speedup_vs_unpatched"] = ref["wall_s_median"] / r["wall_s_median"]
+            if cuda:
+                r["event_speedup_vs_unpatched"] = ref["cuda_event_s_median"] / r["cuda_event_s_median"]
+            d = outputs[name] - outputs["unpatched"]
+            r["max_abs_diff_vs_unpatched"] = d.abs().max().item()
+            r["mean_abs_diff_vs_unpatched"] = d.abs().mean().item()
+
+    env = dict(torch=torch.__version__, cuda=torch.version.cuda, python=platform.python_version(),
+               gpu=torch.cuda.get_device_name(0) if cuda else None, device=str(dev),
+               comfyui=_comfy_version(comfy_root), params=n_params, param_dtypes=param_dtypes, build_s=build_s,
+               total_vram_gib=comfy.model_management.total_vram / 1024,
+               args=vars(a), unet_config=unet_config, sampler="euler", scheduler="simple", cfg=1.0,
+               latent=[1, 16, side, side], context=[1, a.tokens, ctx_w], pooled=[1, pooled_w], guidance=3.5)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(dict(env=env, results=results), indent=1))
+
+    print()
+    print(f"{'config':<18} {'computed':>8} {'wall med s':>10} {'speedup':>7} {'event s':>8} {'peak GiB':>8} "
+          f"{'mean|out|':>9} {'max|d| vs unp':>13}")
+    for name, r in results.items():
+        ev_s = f"{r['cuda_event_s_median']:.3f}" if r["cuda_event_s_median"] is not None else "-"
+        pk = f"{r['peak_gib']:.2f}" if "peak_gib" in r else "-"
+        print(f"{name:<18} {r['computed_steps']:>5}/{a.steps:<2} {r['wall_s_median']:>10.3f} "
+              f"{r.get('speedup_vs_unpatched', float('nan')):>6.2f}x {ev_s:>8} {pk:>8} {r['out_mean_abs']:>9.4f} "
+              f"{r.get('max_abs_diff_vs_unpatched', float('nan')):>13.4g}")
+    print("RESULTS", json.dumps(results))
+
+
+def _comfy_version(root):
+    try:
+        return (Path(root) / "comfyui_version.py").read_text().split('"')[1]
+    except (OSError, IndexError):
+        return None
+
+
+if __name__ == "__main__":
+    main()
