@@ -38,9 +38,6 @@ class CalibrationRecorder:
         self._rows[kind][step] = self._rows[kind].get(step, []) + [row]
         self._prev[key] = cur
 
-    def steps_recorded(self, kind: int) -> int:
-        return len(self._rows.get(kind, {}))
-
     def result(self) -> dict[str, dict[str, list[float]]]:
         """``{"cond": {"ratio": [...], "std": [...], "cos": [...]}, "uncond": {...}}``, one value per step."""
         out = {}

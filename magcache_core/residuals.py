@@ -31,8 +31,5 @@ class ResidualStore:
         out = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         return out.to(device=like.device, dtype=like.dtype)
 
-    def __len__(self) -> int:
-        return len(self._res)
-
     def clear(self) -> None:
         self._res.clear()

@@ -33,7 +33,6 @@ class RunConfig:
     start_percent: float = 0.0
     end_percent: float = 1.0
     offload_device: torch.device | None = None
-    calibration_name: str | None = None
     label: str = ""                              # strategy/preset, for the log line
 
 
@@ -67,7 +66,6 @@ class RunState:
         self.kinds_seen: set[int] = set()
         self.decisions: dict[int, bool] = {}
         self.computed_steps: set[int] = set()
-        self.calls = 0
         self.current: CallContext | None = None
 
     # -- step bookkeeping -------------------------------------------------------------------
@@ -90,7 +88,6 @@ class RunState:
             self.decisions[step] = skip
             if self.on_new_step:
                 self.on_new_step(step, self.num_steps)
-        self.calls += 1
         self.current = CallContext(step, list(keys), list(kinds), self.decisions[step])
         return self.current
 

@@ -146,7 +146,7 @@ class MagCacheCalibrate:
         strategy = detect(model)
         store = calibration_store()
         store.path(name)                              # fail now, not after sampling, on a bad name
-        config = RunConfig("calibrate", calibration_name=name, label=f"{strategy.title}, calibrating {name!r}")
+        config = RunConfig("calibrate", label=f"{strategy.title}, calibrating {name!r}")
         return (patch_model(model, strategy, config, on_success=_saver(store, name)),)
 
 

@@ -1,4 +1,5 @@
 """The pack inside real ComfyUI 0.3.75: tiny FLUX and Wan 2.1 built from ComfyUI's own classes."""
+import contextlib
 import copy
 import json
 import os
@@ -57,11 +58,15 @@ def wan():
     return tiny_wan()
 
 
+@contextlib.contextmanager
 def force_split(model):
     """Make ComfyUI run cond and uncond as separate forwards (its batching asks memory_required)."""
-    m = model.clone()
-    m.model.memory_usage_factor, old = 1e12, m.model.memory_usage_factor
-    return m, old
+    old = model.model.memory_usage_factor
+    model.model.memory_usage_factor = 1e12
+    try:
+        yield model
+    finally:
+        model.model.memory_usage_factor = old
 
 
 # -- 1. exactness when nothing is skipped -------------------------------------------------------
@@ -101,14 +106,12 @@ def test_wan_interpolated_50_to_20_with_cfg(wan):
 @pytest.mark.parametrize("split", [False, True], ids=["batched", "split"])
 def test_cfg_case_each_cond_on_its_own_curve(wan, split):
     ratios = custom({"cond": [1, 1, 1, 1, 1, 1.5, 1, 1], "uncond": [1, 1.05, 1.05, 1.3, 1, 1, 1, 1]})
-    model, _ = force_split(wan) if split else (wan, None)
-    seen = BlockSteps(model)
-    try:
-        sample(apply(model, threshold=0.2, retention=0.0, k=3, ratios=ratios), steps=8, cfg=4.0)
-    finally:
-        seen.close()
-        if split:
-            model.model.memory_usage_factor = wan.model.model_config.memory_usage_factor
+    with force_split(wan) if split else contextlib.nullcontext(wan) as model:
+        seen = BlockSteps(model)
+        try:
+            sample(apply(model, threshold=0.2, retention=0.0, k=3, ratios=ratios), steps=8, cfg=4.0)
+        finally:
+            seen.close()
     assert seen.steps == [0, 3, 5]                            # test_core: cond [0,4,5], uncond [0,3,7], both [0,3,5]
     assert {len(k) for _, k in seen.calls} == ({1} if split else {2})
 
@@ -149,13 +152,12 @@ def test_batched_and_split_cfg_give_the_same_result(make):
     model = make()
     patched = apply(model, threshold=0.5, retention=0.0, k=3, ratios=custom([1.0, 1.05, 1.0, 0.95, 1.0, 1.0, 1.1, 1.0]))
     batched = sample(patched, steps=8, cfg=4.0)
-    split, old = force_split(patched)
-    try:
+    with force_split(patched) as split:
         seen = BlockSteps(split)
-        separate = sample(split, steps=8, cfg=4.0)
-        seen.close()
-    finally:
-        split.model.memory_usage_factor = old
+        try:
+            separate = sample(split, steps=8, cfg=4.0)
+        finally:
+            seen.close()
     assert {len(k) for _, k in seen.calls} == {1} and len(seen.steps) < 8
     torch.testing.assert_close(separate, batched, rtol=1e-5, atol=1e-5)   # same math, other batch shapes
     assert (sample(model, steps=8, cfg=4.0) - batched).abs().max() > 1e-4  # and something was skipped
