@@ -105,7 +105,7 @@ WAN21_T2V = [
 ]
 
 FLUX_NOTE = ("MagCache on FLUX.1-dev with the authors' settings: preset 'flux', threshold 0.24, retention 0.1, "
-             "K 5, 28 steps: about 9 of 28 steps run the transformer. Bypass the MagCache Apply node "
+             "K 5, 28 steps: 8 of 28 steps run the transformer blocks ([0, 1, 3, 6, 10, 16, 22, 26]). Bypass the MagCache Apply node "
              "(Ctrl+B) to compare against the uncached image with the same seed.")
 FLUX_DEV = [
     N(1, "UNETLoader", ["flux1-dev.safetensors", "default"], (0, 0)),
