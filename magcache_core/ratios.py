@@ -63,30 +63,29 @@ class RatioCurves:
 
     per_kind: Mapping[int, tuple[float, ...]] = field(default_factory=dict)
     shared: tuple[float, ...] | None = None
-    source: str = ""
 
     @staticmethod
-    def single(curve: Sequence[float], source: str = "", input_name: str = "ratios") -> "RatioCurves":
-        return RatioCurves(shared=tuple(validate_ratios(list(curve), input_name)), source=source)
+    def single(curve: Sequence[float], input_name: str = "ratios") -> "RatioCurves":
+        return RatioCurves(shared=tuple(validate_ratios(list(curve), input_name)))
 
     @staticmethod
-    def interleaved(curve: Sequence[float], source: str = "", input_name: str = "ratios") -> "RatioCurves":
+    def interleaved(curve: Sequence[float], input_name: str = "ratios") -> "RatioCurves":
         """A published CFG curve that alternates cond, uncond, cond, uncond, ... per step."""
         vals = validate_ratios(list(curve), input_name)
         if len(vals) % 2:
             raise MagCacheInputError(input_name, f"an interleaved cond/uncond curve needs an even length, got {len(vals)}")
-        return RatioCurves(per_kind={COND: tuple(vals[0::2]), UNCOND: tuple(vals[1::2])}, source=source)
+        return RatioCurves(per_kind={COND: tuple(vals[0::2]), UNCOND: tuple(vals[1::2])})
 
     @staticmethod
-    def from_json(obj, source: str = "", input_name: str = "ratios") -> "RatioCurves":
+    def from_json(obj, input_name: str = "ratios") -> "RatioCurves":
         """Accept ``[r0, r1, ...]`` or ``{"cond": [...], "uncond": [...]}``."""
         if isinstance(obj, Mapping):
             unknown = set(obj) - set(KIND_BY_NAME)
             if unknown or not obj:
                 raise MagCacheInputError(input_name, f"expected keys 'cond' and/or 'uncond', got {sorted(obj) or 'none'}")
             per_kind = {KIND_BY_NAME[k]: tuple(validate_ratios(v, f"{input_name}.{k}")) for k, v in obj.items()}
-            return RatioCurves(per_kind=per_kind, source=source)
-        return RatioCurves.single(validate_ratios(obj, input_name), source=source, input_name=input_name)
+            return RatioCurves(per_kind=per_kind)
+        return RatioCurves.single(validate_ratios(obj, input_name), input_name=input_name)
 
     def to_json(self):
         if self.shared is not None and not self.per_kind:

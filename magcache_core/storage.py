@@ -89,7 +89,7 @@ class CalibrationStore:
     def curves(self, name: str, input_name: str = "calibration") -> tuple[RatioCurves, dict]:
         doc = self.load(name, input_name)
         per_kind = {KIND_BY_NAME[k]: tuple(v) for k, v in doc["mag_ratios"].items()}
-        return RatioCurves(per_kind=per_kind, source=f"calibration:{doc['name']}"), doc
+        return RatioCurves(per_kind=per_kind), doc
 
 
 def _validate(doc, path: str, input_name: str = "calibration") -> None:

@@ -186,7 +186,7 @@ class MagCacheRatios:
                 value = [float(v) for v in text.replace("\n", ",").split(",") if v.strip()]
             except ValueError:
                 raise MagCacheInputError("ratios", "not a JSON list/object nor comma-separated numbers") from None
-        return (RatioCurves.from_json(value, source="custom", input_name="ratios"),)
+        return (RatioCurves.from_json(value, input_name="ratios"),)
 
 
 NODE_CLASS_MAPPINGS = {

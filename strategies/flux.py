@@ -29,9 +29,9 @@ class FluxStrategy(Strategy):
     residual = "image tokens before the double blocks -> image tokens after the single blocks"
     presets = {
         # Recommended settings from the authors' FLUX example workflow: 0.24 / 0.1 / K 5.
-        "flux": Preset("flux", RatioCurves.single(FLUX_DEV_28, "flux"), MagCacheParams(0.24, 0.1, 5),
+        "flux": Preset("flux", RatioCurves.single(FLUX_DEV_28), MagCacheParams(0.24, 0.1, 5),
                        "FLUX.1 dev, calibrated at 28 steps"),
-        "flux_kontext": Preset("flux_kontext", RatioCurves.single(FLUX_KONTEXT_20, "flux_kontext"),
+        "flux_kontext": Preset("flux_kontext", RatioCurves.single(FLUX_KONTEXT_20),
                                MagCacheParams(0.24, 0.1, 5), "FLUX.1 Kontext dev, calibrated at 20 steps"),
     }
 

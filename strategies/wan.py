@@ -60,7 +60,7 @@ _DEFAULTS = MagCacheParams(0.24, 0.2, 4)
 
 
 def _preset(name, curve, note):
-    return Preset(name, RatioCurves.interleaved(curve, name), _DEFAULTS, note)
+    return Preset(name, RatioCurves.interleaved(curve), _DEFAULTS, note)
 
 
 class Wan21Strategy(Strategy):

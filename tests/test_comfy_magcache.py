@@ -44,7 +44,10 @@ class BlockSteps:
     def steps(self):
         return sorted({s for s, _ in self.calls})
 
-    def close(self):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
         self.handle.remove()
 
 
@@ -84,21 +87,15 @@ def test_threshold_zero_and_calibration_are_bit_identical(make, cfg, tmp_path):
 
 # -- 2. the schedule inside real sampling ---------------------------------------------------------
 def test_flux_schedule_28_steps_matches_hand_formula(flux):
-    seen = BlockSteps(flux)
-    try:
+    with BlockSteps(flux) as seen:
         sample(apply(flux, "flux", 0.24, 0.1, 5), steps=28, cfg=1.0)
-    finally:
-        seen.close()
     assert seen.steps == [0, 1, 3, 6, 10, 16, 22, 26]
     assert len(seen.calls) == 8                       # one forward per computed step, none when skipped
 
 
 def test_wan_interpolated_50_to_20_with_cfg(wan):
-    seen = BlockSteps(wan)
-    try:
+    with BlockSteps(wan) as seen:
         sample(apply(wan, "wan2.1_t2v_1.3B", 0.12, 0.2, 4), steps=20, cfg=5.0)
-    finally:
-        seen.close()
     assert seen.steps == [0, 1, 2, 3, 8, 13, 16, 18, 19]     # test_core: by hand from the 20-step curve
     assert all(set(k) == {0, 1} for _, k in seen.calls)      # cond and uncond batched together
 
@@ -107,11 +104,8 @@ def test_wan_interpolated_50_to_20_with_cfg(wan):
 def test_cfg_case_each_cond_on_its_own_curve(wan, split):
     ratios = custom({"cond": [1, 1, 1, 1, 1, 1.5, 1, 1], "uncond": [1, 1.05, 1.05, 1.3, 1, 1, 1, 1]})
     with force_split(wan) if split else contextlib.nullcontext(wan) as model:
-        seen = BlockSteps(model)
-        try:
+        with BlockSteps(model) as seen:
             sample(apply(model, threshold=0.2, retention=0.0, k=3, ratios=ratios), steps=8, cfg=4.0)
-        finally:
-            seen.close()
     assert seen.steps == [0, 3, 5]                            # test_core: cond [0,4,5], uncond [0,3,7], both [0,3,5]
     assert {len(k) for _, k in seen.calls} == ({1} if split else {2})
 
@@ -125,12 +119,12 @@ def test_skipped_step_is_final_layer_of_input_plus_stored_residual(make):
     log = []
     h1 = embed.register_forward_hook(lambda m, a, out: log.append(["in", out.detach().clone()]))
     h2 = head.register_forward_pre_hook(lambda m, a: log.append(["head", a[0].detach().clone()]))
-    blocks = BlockSteps(model)
     try:
-        # cond and uncond differ, so per-cond residuals matter; skip steps 2 and 3 (flat curve, K 2).
-        sample(apply(model, threshold=1.0, retention=0.0, k=2, ratios=custom([1.0] * 6)), steps=6, cfg=3.0)
+        with BlockSteps(model) as blocks:
+            # cond and uncond differ, so per-cond residuals matter; skip steps 1, 2 and 4, 5 (flat curve, K 2).
+            sample(apply(model, threshold=1.0, retention=0.0, k=2, ratios=custom([1.0] * 6)), steps=6, cfg=3.0)
     finally:
-        h1.remove(), h2.remove(), blocks.close()
+        h1.remove(), h2.remove()
     assert blocks.steps == [0, 3]
     calls = [(log[i][1], log[i + 1][1]) for i in range(0, len(log), 2)]
     assert [log[i][0] for i in range(0, len(log), 2)] == ["in"] * 6 and len(calls) == 6
@@ -153,11 +147,8 @@ def test_batched_and_split_cfg_give_the_same_result(make):
     patched = apply(model, threshold=0.5, retention=0.0, k=3, ratios=custom([1.0, 1.05, 1.0, 0.95, 1.0, 1.0, 1.1, 1.0]))
     batched = sample(patched, steps=8, cfg=4.0)
     with force_split(patched) as split:
-        seen = BlockSteps(split)
-        try:
+        with BlockSteps(split) as seen:
             separate = sample(split, steps=8, cfg=4.0)
-        finally:
-            seen.close()
     assert {len(k) for _, k in seen.calls} == {1} and len(seen.steps) < 8
     torch.testing.assert_close(separate, batched, rtol=1e-5, atol=1e-5)   # same math, other batch shapes
     assert (sample(model, steps=8, cfg=4.0) - batched).abs().max() > 1e-4  # and something was skipped
@@ -214,11 +205,8 @@ def test_calibrate_at_50_then_apply_at_20(wan):
     from comfyui_magcache.magcache_core import MagCacheParams, RatioCurves, computed_steps
     curves = RatioCurves.from_json(doc["mag_ratios"])
     expected = computed_steps(MagCacheParams(0.3, 0.2, 3), {k: curves.for_steps(k, 20) for k in (0, 1)}, 20, kinds=(0, 1))
-    seen = BlockSteps(wan)
-    try:
+    with BlockSteps(wan) as seen:
         sample(apply(wan, "calibration: tiny wan 50", 0.3, 0.2, 3), steps=20, cfg=4.0)
-    finally:
-        seen.close()
     assert seen.steps == expected and len(expected) < 20
 
 
