@@ -1,4 +1,4 @@
-"""comfyui-magcache: MagCache for diffusion transformers in ComfyUI, through model_patcher wrappers."""
+"""comfyui-magcache: MagCache and TeaCache for diffusion models in ComfyUI, through model_patcher wrappers."""
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 WEB_DIRECTORY = "./web/js"

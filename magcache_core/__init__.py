@@ -1,4 +1,4 @@
-"""MagCache core: decision rule, ratio curves, calibration statistics, residual store, run state.
+"""Core: the MagCache and TeaCache decision rules, ratio curves, calibration statistics, residual store, run state.
 
 Pure torch/numpy: no ComfyUI import here, so it is unit-testable and can drive other hosts.
 """
@@ -7,11 +7,13 @@ from .ratios import COND, UNCOND, RatioCurves, nearest_interp, validate_ratios
 from .decision import MagCacheParams, MagCacheRule, computed_steps
 from .calibration import CalibrationRecorder
 from .residuals import ResidualStore
+from .teacache import TeaCacheParams, TeaCacheRule, poly1d, relative_l1, teacache_schedule, validate_coefficients
 from .run import CallContext, RunConfig, RunState
 from .storage import CalibrationStore
 
 __all__ = [
     "MagCacheInputError", "COND", "UNCOND", "RatioCurves", "nearest_interp", "validate_ratios",
     "MagCacheParams", "MagCacheRule", "computed_steps", "CalibrationRecorder", "ResidualStore",
-    "CallContext", "RunConfig", "RunState", "CalibrationStore",
+    "CallContext", "RunConfig", "RunState", "CalibrationStore", "TeaCacheParams", "TeaCacheRule", "poly1d",
+    "relative_l1", "teacache_schedule", "validate_coefficients",
 ]

@@ -13,21 +13,24 @@ class ResidualStore:
         self.offload_device = offload_device
         self._res: dict[Hashable, torch.Tensor] = {}
 
-    def put_batch(self, keys: Sequence[Hashable], residual: torch.Tensor) -> None:
-        for key, chunk in zip(keys, residual.chunk(len(keys))):
+    def put_batch(self, keys: Sequence[Hashable], residual: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Store ``residual`` (a batch split evenly over ``keys``, or one chunk per key)."""
+        chunks = residual.chunk(len(keys)) if isinstance(residual, torch.Tensor) else residual
+        for key, chunk in zip(keys, chunks):
             self._res[key] = chunk if self.offload_device is None else chunk.to(self.offload_device)
+
+    def has(self, key: Hashable, shape: Sequence[int]) -> bool:
+        r = self._res.get(key)
+        return r is not None and tuple(r.shape) == tuple(shape)
 
     def get_batch(self, keys: Sequence[Hashable], like: torch.Tensor) -> torch.Tensor | None:
         """The stored residuals for ``keys`` in batch order, on ``like``'s device and dtype.
 
         None if any is missing or was made for another shape (new cond, new resolution)."""
-        chunks = []
         expected = (like.shape[0] // len(keys),) + tuple(like.shape[1:])
-        for key in keys:
-            r = self._res.get(key)
-            if r is None or tuple(r.shape) != expected:
-                return None
-            chunks.append(r)
+        if not all(self.has(key, expected) for key in keys):
+            return None
+        chunks = [self._res[key] for key in keys]
         out = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         return out.to(device=like.device, dtype=like.dtype)
 

@@ -1,13 +1,18 @@
 """State of one sampling run: step tracking, skip decisions, residuals, calibration records.
 
-Created when sampling starts and dropped when it ends; nothing here outlives the run. The host
+Created when sampling starts and dropped when it ends; nothing here outlives the run. The same
+machinery serves every method (MagCache, TeaCache, calibration); only the rule differs. The host
 (ComfyUI's wrappers in ``nodes/patching.py``, or any other driver) calls, per model call:
 
-    ctx = run.begin_call(sigma, keys, kinds)   # keys: one per batch chunk (ComfyUI's uuids)
-    run.enter_blocks(ctx, stream_in)           # before the first block (may turn a skip into a compute)
-    ... ctx.skip ? pass blocks through : compute them ...
-    run.leave_blocks(ctx, stream_out)          # after the last block of a computed call
+    ctx = run.begin_call(sigma, keys, kinds)       # keys: one per batch chunk (ComfyUI's uuids)
+    run.enter_blocks(ctx, stream_in, modulated)    # before the first block; TeaCache decides here
+    ... ctx.skip ? pass blocks through and use ctx.skip_out : compute them ...
+    stream = run.leave_blocks(ctx, stream_out)     # after the last block of a computed call
     run.end_call(ctx)
+
+Steps are indexed in the *whole* schedule: a sampler that runs steps ``offset`` to
+``offset + len(sigmas) - 2`` of a ``total_steps`` schedule (KSamplerAdvanced step ranges, the two
+models of Wan 2.2, denoise < 1) reads the matching part of the ratio curve.
 """
 from __future__ import annotations
 
@@ -21,27 +26,36 @@ from .calibration import CalibrationRecorder
 from .decision import MagCacheParams, MagCacheRule
 from .ratios import RatioCurves
 from .residuals import ResidualStore
+from .teacache import TeaCacheParams, TeaCacheRule
+
+METHODS = ("magcache", "teacache", "calibrate")
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """What a node decided; shared by every run of the patched model, never mutated."""
 
-    method: str                                  # "magcache" or "calibrate"
-    params: MagCacheParams | None = None
-    curves: RatioCurves | None = None
+    method: str                                        # one of METHODS
+    params: MagCacheParams | TeaCacheParams | None = None
+    curves: RatioCurves | None = None                  # MagCache only
     start_percent: float = 0.0
     end_percent: float = 1.0
     offload_device: torch.device | None = None
-    label: str = ""                              # strategy/preset, for the log line
+    label: str = ""                                    # strategy/preset, for the log line
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
 
 
 @dataclass
 class CallContext:
     step: int
+    sigma: float
     keys: list
     kinds: list[int]
     skip: bool
+    skip_keys: set = field(default_factory=set)   # entries that take the cached residual in this call
     stream_in: torch.Tensor | None = None
     skip_out: torch.Tensor | None = None
 
@@ -49,33 +63,45 @@ class CallContext:
 class RunState:
     def __init__(self, config: RunConfig, sample_sigmas: Sequence[float],
                  window: tuple[float, float] = (float("inf"), float("-inf")),
-                 on_new_step: Callable[[int, int], None] | None = None):
+                 on_new_step: Callable[[int, int], None] | None = None,
+                 offset: int = 0, total_steps: int | None = None):
         self.config = config
         self.sigmas = [float(s) for s in sample_sigmas]
-        self.num_steps = max(len(self.sigmas) - 1, 1)
+        self.run_steps = max(len(self.sigmas) - 1, 1)
+        self.offset = offset
+        self.num_steps = total_steps if total_steps is not None else self.run_steps
+        if not 0 <= offset <= self.num_steps - self.run_steps:
+            raise ValueError(f"steps {offset}..{offset + self.run_steps - 1} lie outside a {self.num_steps}-step schedule")
         self._ascending = [-s for s in self.sigmas]
         self.start_sigma, self.end_sigma = window
         self.on_new_step = on_new_step
         self.residuals = ResidualStore(config.offload_device)
         self.recorder = CalibrationRecorder() if config.method == "calibrate" else None
-        self.rule = None
+        self.rule = self.tea = None
         if config.method == "magcache":
             cache: dict[int, list[float]] = {}
             curve_of = lambda k: cache.setdefault(k, config.curves.for_steps(k, self.num_steps))  # noqa: E731
             self.rule = MagCacheRule(config.params, curve_of, self.num_steps)
+        elif config.method == "teacache":
+            self.tea = TeaCacheRule(config.params, offset, offset + self.run_steps - 1)
         self.kinds_seen: set[int] = set()
-        self.decisions: dict[int, bool] = {}
+        self.decisions: dict[int, bool] = {}              # MagCache: one decision per step
+        self.key_decisions: dict[tuple[int, Hashable], bool] = {}   # TeaCache: one per step and entry
         self.computed_steps: set[int] = set()
         self.current: CallContext | None = None
 
+    @property
+    def needs_modulated_input(self) -> bool:
+        return self.tea is not None
+
     # -- step bookkeeping -------------------------------------------------------------------
     def step_index(self, sigma: float) -> int:
-        """Index of ``sigma`` in the run's sigmas; a sigma between two (2nd-order samplers) maps to
-        the step whose interval holds it."""
+        """Index in the whole schedule of ``sigma``; a sigma between two (2nd-order samplers) maps
+        to the step whose interval holds it."""
         i = bisect.bisect_left(self._ascending, -sigma)
-        if i < len(self.sigmas) and self.sigmas[i] == sigma:
-            return min(i, self.num_steps - 1)
-        return min(max(i - 1, 0), self.num_steps - 1)
+        if not (i < len(self.sigmas) and self.sigmas[i] == sigma):
+            i -= 1
+        return self.offset + min(max(i, 0), self.run_steps - 1)
 
     def in_window(self, sigma: float) -> bool:
         return self.end_sigma < sigma <= self.start_sigma
@@ -87,33 +113,59 @@ class RunState:
             skip = bool(self.rule and self.rule.decide(step, self.kinds_seen, self.in_window(sigma)))
             self.decisions[step] = skip
             if self.on_new_step:
-                self.on_new_step(step, self.num_steps)
-        self.current = CallContext(step, list(keys), list(kinds), self.decisions[step])
+                self.on_new_step(step - self.offset, self.run_steps)
+        self.current = CallContext(step, sigma, list(keys), list(kinds), self.decisions[step])
         return self.current
 
     # -- the blocks -------------------------------------------------------------------------
-    def enter_blocks(self, ctx: CallContext, stream_in: torch.Tensor) -> None:
+    def enter_blocks(self, ctx: CallContext, stream_in: torch.Tensor, modulated: torch.Tensor | None = None) -> None:
+        if self.tea is not None:
+            if modulated is None:
+                raise RuntimeError("TeaCache needs the modulated input of the first block")
+            chunks = modulated.chunk(len(ctx.keys))
+            for key, chunk in zip(ctx.keys, chunks):
+                k = (ctx.step, key)
+                if k not in self.key_decisions:     # a 2nd call in one step (2nd-order samplers) reuses it
+                    self.key_decisions[k] = self.tea.decide(ctx.step, key, chunk, self.in_window(ctx.sigma))
+            ctx.skip_keys = {key for key in ctx.keys if self.key_decisions[(ctx.step, key)]}
+        elif ctx.skip:
+            ctx.skip_keys = set(ctx.keys)
+        # An entry or a shape this run has no residual for yet (new cond, new resolution) computes.
+        chunk_shape = (stream_in.shape[0] // len(ctx.keys),) + tuple(stream_in.shape[1:])
+        ctx.skip_keys = {key for key in ctx.skip_keys if self.residuals.has(key, chunk_shape)}
+        ctx.skip = bool(ctx.skip_keys) and ctx.skip_keys == set(ctx.keys)
         if ctx.skip:
-            residual = self.residuals.get_batch(ctx.keys, stream_in)
-            if residual is not None:
-                ctx.skip_out = stream_in + residual
-                return
-            ctx.skip = False              # a cond or a shape this run has no residual for: compute
+            ctx.skip_out = stream_in + self.residuals.get_batch(ctx.keys, stream_in)
+            return
         # A copy: blocks may update their input in place (ComfyUI's FLUX double blocks do `img += ...`).
         ctx.stream_in = stream_in.clone()
 
-    def leave_blocks(self, ctx: CallContext, stream_out: torch.Tensor) -> None:
+    def leave_blocks(self, ctx: CallContext, stream_out: torch.Tensor) -> torch.Tensor | None:
+        """Store the residual of the entries that computed. Returns the stream to continue with
+        when some entries of the batch take their cached residual instead (TeaCache), else None."""
         residual = stream_out - ctx.stream_in
-        self.residuals.put_batch(ctx.keys, residual)
+        n = len(ctx.keys)
+        computed = [i for i, key in enumerate(ctx.keys) if key not in ctx.skip_keys]
+        res_chunks = residual.chunk(n)
+        self.residuals.put_batch([ctx.keys[i] for i in computed], [res_chunks[i] for i in computed])
         if self.recorder is not None:
-            for key, kind, chunk in zip(ctx.keys, ctx.kinds, residual.chunk(len(ctx.keys))):
-                self.recorder.record(key, kind, ctx.step, chunk)
+            for i in computed:
+                self.recorder.record(ctx.keys[i], ctx.kinds[i], ctx.step, res_chunks[i])
+        if not ctx.skip_keys:
+            return None
+        outs, ins = stream_out.chunk(n), ctx.stream_in.chunk(n)
+        return torch.cat([outs[i] if key not in ctx.skip_keys else ins[i] + self.residuals.get_batch([key], ins[i])
+                          for i, key in enumerate(ctx.keys)])
 
     def end_call(self, ctx: CallContext) -> None:
         if not ctx.skip:
             self.computed_steps.add(ctx.step)
-            if self.decisions.get(ctx.step) and self.rule:
+            if self.rule is not None and self.decisions.get(ctx.step):
                 self.rule.reset()          # a planned skip had to compute: start accumulating afresh
+            if self.tea is not None:
+                for key in ctx.keys:
+                    if key not in ctx.skip_keys and self.key_decisions.get((ctx.step, key)):
+                        self.tea.computed(key)
         ctx.stream_in = ctx.skip_out = None
         self.current = None
 
@@ -127,11 +179,15 @@ class RunState:
         done = sorted(self.computed_steps)
         skipped = [s for s in seen if s not in self.computed_steps]
         speed = len(seen) / len(done) if done else 1.0
-        return (f"{self.config.method} [{self.config.label}]: computed {len(done)}/{len(seen)} steps "
+        where = f" (steps {self.offset}-{self.offset + self.run_steps - 1} of {self.num_steps})" \
+            if self.run_steps != self.num_steps else ""
+        return (f"{self.config.method} [{self.config.label}]{where}: computed {len(done)}/{len(seen)} steps "
                 f"{done}, skipped {len(skipped)} ({speed:.2f}x fewer block passes)")
 
     def release(self) -> None:
         self.residuals.clear()
         if self.recorder is not None:
             self.recorder.clear()
+        if self.tea is not None:
+            self.tea.clear()
         self.current = None

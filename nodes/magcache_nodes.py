@@ -3,33 +3,24 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 
 import folder_paths
-import torch
 
 from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, RunConfig
 from ..magcache_core.storage import CalibrationStore, check_name
 from ..strategies import all_presets, detect
+from .inputs import CACHE_DEVICES, number, offload_device, window
 from .patching import patch_model
 
 log = logging.getLogger("comfyui-magcache")
 CALIBRATION_PREFIX = "calibration: "
-CACHE_DEVICES = ["main_device", "cpu"]
+CALIBRATION_ALIASES = {"wan2.1": "wan"}          # strategy names of calibrations saved by earlier versions
 
 
 def calibration_store() -> CalibrationStore:
     """Calibrations live in ComfyUI's user directory, under magcache/calibrations/."""
     return CalibrationStore(os.path.join(folder_paths.get_user_directory(), "magcache", "calibrations"))
-
-
-def _number(name, value, lo, hi, integer=False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not (lo <= value <= hi) or (integer and int(value) != value):
-        kind = "a whole number" if integer else "a number"
-        raise MagCacheInputError(name, f"got {value!r}; expected {kind} from {lo} to {hi}")
-    return int(value) if integer else float(value)
 
 
 def resolve_curves(strategy, model, preset: str, ratios: RatioCurves | None):
@@ -43,14 +34,15 @@ def resolve_curves(strategy, model, preset: str, ratios: RatioCurves | None):
     if preset == "auto":
         name, detected = strategy.auto_preset(model)
         if name is None:
+            by_hand = f", or choose one of {sorted(strategy.presets)} by hand" if strategy.presets else ""
             raise MagCacheInputError(
                 "preset", f"auto-detect found {detected}. Run MagCacheCalibrate once on this model and "
-                          f"pick 'calibration: <name>', or choose one of {sorted(strategy.presets)} by hand")
+                          f"pick 'calibration: <name>'{by_hand}")
         p = strategy.presets[name]
         return p.curves, f"{name} (auto: {detected})", p.params
     if preset.startswith(CALIBRATION_PREFIX):
         curves, doc = calibration_store().curves(preset[len(CALIBRATION_PREFIX):], "preset")
-        if doc["model"] != strategy.name:
+        if CALIBRATION_ALIASES.get(doc["model"], doc["model"]) != strategy.name:
             raise MagCacheInputError("preset", f"calibration {doc['name']!r} was made on a {doc['model']} model, "
                                                f"this model is {strategy.title}; calibrate this model instead")
         return curves, f"calibration {doc['name']!r} ({doc['steps']} steps)", None
@@ -78,7 +70,8 @@ class MagCacheApply:
         presets = ["auto"] + sorted(all_presets()) + [CALIBRATION_PREFIX + n for n in calibration_store().names()]
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The diffusion model to speed up (FLUX.1 or Wan 2.1)."}),
+                "model": ("MODEL", {"tooltip": "The diffusion model to speed up: any model ComfyUI loads (its "
+                          "architecture is detected; unknown ones are cached as a whole model)."}),
                 "preset": (presets, {"default": "auto", "tooltip": "Magnitude-ratio curve. 'auto' picks the published "
                            "curve for the detected model; 'calibration: …' uses one you made with MagCacheCalibrate."}),
                 "threshold": ("FLOAT", {"default": 0.24, "min": 0.0, "max": 5.0, "step": 0.01, "tooltip":
@@ -102,24 +95,19 @@ class MagCacheApply:
 
     def apply(self, model, preset, threshold, retention_ratio, max_skip_steps, start_percent=0.0,
               end_percent=1.0, cache_device="main_device", ratios=None):
-        params = MagCacheParams(_number("threshold", threshold, 0.0, 1e6),
-                                _number("retention_ratio", retention_ratio, 0.0, 1.0),
-                                _number("max_skip_steps", max_skip_steps, 0, 10_000, integer=True))
-        start = _number("start_percent", start_percent, 0.0, 1.0)
-        end = _number("end_percent", end_percent, 0.0, 1.0)
-        if start >= end:
-            raise MagCacheInputError("end_percent", f"must be greater than start_percent ({start} >= {end})")
-        if cache_device not in CACHE_DEVICES:
-            raise MagCacheInputError("cache_device", f"got {cache_device!r}; expected one of {CACHE_DEVICES}")
+        params = MagCacheParams(number("threshold", threshold, 0.0, 1e6),
+                                number("retention_ratio", retention_ratio, 0.0, 1.0),
+                                number("max_skip_steps", max_skip_steps, 0, 10_000, integer=True))
+        start, end = window(start_percent, end_percent)
+        offload = offload_device(cache_device)
         strategy = detect(model)
         curves, label, recommended = resolve_curves(strategy, model, preset, ratios)
-        offload = torch.device("cpu") if cache_device == "cpu" else None
         config = RunConfig("magcache", params, curves, start, end, offload, label=f"{strategy.title}, {label}")
         hint = ""
         if recommended is not None and recommended != params:
             hint = (f"; the preset recommends threshold {recommended.threshold}, retention "
                     f"{recommended.retention_ratio}, K {recommended.max_skips}")
-        log.info("MagCacheApply: %s, %s, threshold %s, retention %s, K %s%s", strategy.title, label,
+        log.info("MagCacheApply: %s (%s-level cache), %s, threshold %s, retention %s, K %s%s", strategy.title, strategy.level, label,
                  params.threshold, params.retention_ratio, params.max_skips, hint)
         return (patch_model(model, strategy, config),)
 
@@ -135,7 +123,7 @@ class MagCacheCalibrate:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The model to calibrate (FLUX.1 or Wan 2.1)."}),
+            "model": ("MODEL", {"tooltip": "The model to calibrate (any model ComfyUI loads)."}),
             "calibration_name": ("STRING", {"default": "my_model", "tooltip":
                                  "Saved as <ComfyUI user dir>/magcache/calibrations/<name>.json (overwritten if it exists). "
                                  "Letters, digits, '_', '-', '.', spaces."}),

@@ -1,13 +1,16 @@
 """How the pack hooks into ComfyUI: wrappers and block-replace patches on a cloned ModelPatcher.
 
-* OUTER_SAMPLE wrapper: makes this run's ``RunState`` when sampling starts, puts it in the
-  guider's (per-run) transformer_options, and drops it in ``finally`` (errors, interrupts).
+* OUTER_SAMPLE wrapper: makes this run's ``RunState`` when sampling starts (finding where the
+  sampler's sigmas sit in the whole schedule, see ``schedule.py``), puts it in the guider's
+  (per-run) transformer_options, and drops it in ``finally`` (errors, interrupts).
 * DIFFUSION_MODEL wrapper: per model call, finds the step from ``transformer_options["sigmas"]``
-  and the conds from ``["uuids"]`` / ``["cond_or_uncond"]``, and opens a call context.
-* One block-replace patch per transformer block (``patches_replace["dit"]``): the first block
-  notes the residual stream, a skipped call passes every block through and the last block
-  returns ``stream_in + cached residual``; a computed call runs the blocks and the last one
-  stores ``stream_out - stream_in``. Embeddings and the final layer run on every call.
+  and the conds from ``["uuids"]`` / ``["cond_or_uncond"]``, and opens a call context. For a
+  model-level strategy (no block patches) it also does the caching: a skipped call returns
+  ``input + cached (output - input)`` without running the model.
+* Block strategies: one block-replace patch per transformer block (``patches_replace["dit"]``):
+  the first block notes the image stream (and TeaCache's modulated input), a skipped call passes
+  every block through and the last block returns ``stream_in + cached residual``; a computed call
+  runs the blocks and the last one stores ``stream_out - stream_in``.
 
 Nothing is written onto the diffusion model and no method is replaced.
 """
@@ -15,18 +18,30 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 
 import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.utils
 
 from ..magcache_core import RunConfig, RunState
-from ..strategies import Strategy
+from ..strategies import BlockStrategy, Strategy
+from .schedule import locate
 
 KEY = "comfyui-magcache"                 # wrapper key
-RUN_KEY = "comfyui_magcache_run"         # transformer_options key holding the current RunState
+RUN_KEY = "comfyui_magcache_run"         # transformer_options key holding the current run
 WMP = comfy.patcher_extension.WrappersMP
 log = logging.getLogger("comfyui-magcache")
+
+
+@dataclass
+class Run:
+    """What one sampling run carries in its transformer_options."""
+
+    state: RunState
+    strategy: Strategy
+    diffusion_model: object
+    out_channels: int | None = None      # model-level: output channels, when fewer than the input's
 
 
 def patch_model(model, strategy: Strategy, config: RunConfig, on_success=None):
@@ -37,12 +52,18 @@ def patch_model(model, strategy: Strategy, config: RunConfig, on_success=None):
     m.add_wrapper_with_key(WMP.OUTER_SAMPLE, KEY, functools.partial(_outer_sample, config, strategy, on_success))
     m.add_wrapper_with_key(WMP.DIFFUSION_MODEL, KEY, _diffusion_model)
     existing = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
-    last = len(strategy.block_keys) - 1
-    for i, key in enumerate(strategy.block_keys):
-        prev = existing.get(key)
-        if isinstance(prev, BlockPatch):
-            prev = prev.prev                                 # our own older patch: keep what it wrapped
-        m.set_model_patch_replace(BlockPatch(strategy, key, i == 0, i == last, prev), "dit", key[0], key[1])
+    # Our own block patches from an earlier apply: unwrap them back to what they wrapped.
+    for key, patch in list(existing.items()):
+        if isinstance(patch, BlockPatch):
+            if patch.prev is not None:
+                m.set_model_patch_replace(patch.prev, "dit", key[0], key[1])
+            else:
+                del m.model_options["transformer_options"]["patches_replace"]["dit"][key]
+    if isinstance(strategy, BlockStrategy):
+        existing = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+        last = len(strategy.block_keys) - 1
+        for i, key in enumerate(strategy.block_keys):
+            m.set_model_patch_replace(BlockPatch(key, i == 0, i == last, existing.get(key)), "dit", key[0], key[1])
     return m
 
 
@@ -52,11 +73,13 @@ def _outer_sample(config: RunConfig, strategy: Strategy, on_success, executor, *
     ms = guider.model_patcher.model.model_sampling
     window = (float("inf") if config.start_percent <= 0 else float(ms.percent_to_sigma(config.start_percent)),
               float("-inf") if config.end_percent >= 1 else float(ms.percent_to_sigma(config.end_percent)))
+    offset, total = (0, len(sigmas) - 1) if config.method == "calibrate" else locate(ms, sigmas)
     progress = None
     if config.method == "calibrate":
         bar = comfy.utils.ProgressBar(max(len(sigmas) - 1, 1))
         progress = lambda step, total: bar.update_absolute(step + 1, total)  # noqa: E731
-    run = RunState(config, sigmas.tolist(), window, on_new_step=progress)
+    state = RunState(config, sigmas.tolist(), window, on_new_step=progress, offset=offset, total_steps=total)
+    run = Run(state, strategy, guider.model_patcher.model.diffusion_model)
     orig_options = guider.model_options
     guider.model_options = comfy.model_patcher.create_model_options_clone(orig_options)
     guider.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
@@ -65,12 +88,12 @@ def _outer_sample(config: RunConfig, strategy: Strategy, on_success, executor, *
         out = executor(*args, **kwargs)
         finished = True
         if on_success is not None:
-            on_success(run, strategy)
+            on_success(state, strategy)
         return out
     finally:
         guider.model_options = orig_options
-        log.info("MagCache %s%s", run.summary(), "" if finished else " (sampling stopped early)")
-        run.release()
+        log.info("MagCache %s%s", state.summary(), "" if finished else " (sampling stopped early)")
+        state.release()
 
 
 def _transformer_options(args, kwargs) -> dict | None:
@@ -85,40 +108,70 @@ def _transformer_options(args, kwargs) -> dict | None:
 
 def _diffusion_model(executor, *args, **kwargs):
     to = _transformer_options(args, kwargs)
-    run: RunState | None = to.get(RUN_KEY) if to else None
+    run: Run | None = to.get(RUN_KEY) if to else None
     if run is None or to.get("sigmas") is None:
         return executor(*args, **kwargs)
     kinds = list(to.get("cond_or_uncond") or [0])
     keys = list(to.get("uuids") or [])
-    if len(keys) != len(kinds) or None in keys:
-        keys = kinds
-    ctx = run.begin_call(float(to["sigmas"][0]), keys, kinds)
+    if len(keys) != len(kinds) or None in keys or len(set(keys)) != len(keys):
+        keys = list(range(len(kinds))) if len(set(kinds)) != len(kinds) else kinds
+    state = run.state
+    ctx = state.begin_call(float(to["sigmas"][0]), keys, kinds)
     try:
+        if run.strategy.level == "model":
+            return _model_level_call(run, ctx, executor, args, kwargs)
         return executor(*args, **kwargs)
     finally:
-        run.end_call(ctx)
+        state.end_call(ctx)
+
+
+def _model_level_call(run: Run, ctx, executor, args, kwargs):
+    """Cache the whole model: residual = output - input (the input cut to the output's channels)."""
+    x = args[0]
+    stream = x[:, : run.out_channels] if run.out_channels else x
+    modulated = None
+    if run.state.needs_modulated_input:
+        timestep = args[1] if len(args) > 1 else kwargs.get("timesteps", kwargs.get("t"))
+        modulated = run.strategy.model_indicator(run.diffusion_model, x, timestep)
+    run.state.enter_blocks(ctx, stream, modulated)
+    if ctx.skip:
+        return ctx.skip_out
+    out = executor(*args, **kwargs)
+    if out.shape != ctx.stream_in.shape:
+        if out.shape[0] == x.shape[0] and out.shape[2:] == x.shape[2:] and out.shape[1] < x.shape[1]:
+            run.out_channels = out.shape[1]            # concat-conditioned input (I2V, inpainting)
+            ctx.stream_in = ctx.stream_in[:, : out.shape[1]]
+        else:
+            ctx.skip_keys = set()                      # output unlike the input: nothing to cache
+            return out
+    mixed = run.state.leave_blocks(ctx, out)
+    return out if mixed is None else mixed
 
 
 class BlockPatch:
     """The replace patch for one block; ``prev`` is a patch that was there before ours."""
 
-    def __init__(self, strategy: Strategy, key, first: bool, last: bool, prev=None):
-        self.strategy, self.key, self.first, self.last, self.prev = strategy, key, first, last, prev
+    def __init__(self, key, first: bool, last: bool, prev=None):
+        self.key, self.first, self.last, self.prev = key, first, last, prev
 
     def _compute(self, args, extra):
         return self.prev(args, extra) if self.prev is not None else extra["original_block"](args)
 
     def __call__(self, args, extra):
-        run: RunState | None = (args.get("transformer_options") or {}).get(RUN_KEY)
-        ctx = run.current if run is not None else None
+        run: Run | None = (args.get("transformer_options") or {}).get(RUN_KEY)
+        state = run.state if run is not None else None
+        ctx = state.current if state is not None else None
         if ctx is None:
             return self._compute(args, extra)
-        s = self.strategy
+        s = run.strategy
         if self.first:
-            run.enter_blocks(ctx, s.stream_in(self.key, args))
+            modulated = s.modulated_input(run.diffusion_model, args) if state.needs_modulated_input else None
+            state.enter_blocks(ctx, s.stream_in(self.key, args), modulated)
         if ctx.skip:                       # every block passes through; the last returns input + residual
             return s.with_stream(self.key, args, ctx.skip_out) if self.last else s.passthrough(self.key, args)
         out = self._compute(args, extra)
         if self.last:
-            run.leave_blocks(ctx, s.stream_out(self.key, out, ctx.stream_in.shape[1]))
+            mixed = state.leave_blocks(ctx, s.stream_out(self.key, out, ctx.stream_in.shape[1]))
+            if mixed is not None:          # some conds of this batch take their cached residual
+                return s.with_stream(self.key, out, mixed)
         return out

@@ -1,16 +1,38 @@
-"""Architecture adapters, found from the loaded model. Add one: a file here + a line in STRATEGIES."""
+"""Architecture adapters, found from the loaded model. Add one: a file here + a line in STRATEGIES.
+
+Detection goes down STRATEGIES in order and takes the first that matches the diffusion model's
+exact class (and, where a class serves several families, its model_base class); anything left
+goes to the generic whole-model fallback.
+"""
 from __future__ import annotations
 
 from ..magcache_core import MagCacheInputError
-from .base import Preset, Strategy
+from .auraflow import AuraFlowStrategy
+from .base import METHOD_MAGCACHE, METHOD_TEACACHE, BlockStrategy, ModelStrategy, Preset, Strategy, TeaPreset
+from .chroma import ChromaRadianceStrategy, ChromaStrategy
 from .flux import FluxStrategy
-from .wan import Wan21Strategy
+from .flux2 import Flux2Strategy
+from .generic import GenericStrategy
+from .hidream import HiDreamStrategy
+from .hunyuan_video import HunyuanVideoStrategy
+from .ltxv import LTXVStrategy
+from .lumina2 import Lumina2Strategy
+from .mochi import MochiStrategy
+from .qwen_image import QwenImageStrategy
+from .sd3 import SD3Strategy
+from .wan import WanStrategy
 
-STRATEGIES: list[type[Strategy]] = [FluxStrategy, Wan21Strategy]
+STRATEGIES: list[type[Strategy]] = [
+    FluxStrategy, Flux2Strategy, ChromaRadianceStrategy, ChromaStrategy, QwenImageStrategy,
+    HunyuanVideoStrategy, WanStrategy, LTXVStrategy, SD3Strategy, MochiStrategy, AuraFlowStrategy,
+    Lumina2Strategy, HiDreamStrategy,
+    GenericStrategy,                      # last: takes any model
+]
 
 
-def all_presets() -> dict[str, tuple[type[Strategy], Preset]]:
-    return {name: (s, p) for s in STRATEGIES for name, p in s.presets.items()}
+def all_presets(method: str = METHOD_MAGCACHE) -> dict[str, tuple[type[Strategy], Preset | TeaPreset]]:
+    attr = "presets" if method == METHOD_MAGCACHE else "tea_presets"
+    return {name: (s, p) for s in STRATEGIES for name, p in getattr(s, attr).items()}
 
 
 def describe_model(model_patcher) -> str:
@@ -21,11 +43,15 @@ def describe_model(model_patcher) -> str:
 
 
 def detect(model_patcher, input_name: str = "model") -> Strategy:
-    """The strategy for this model, or a clear error if none fits."""
-    if not hasattr(model_patcher, "model") or not hasattr(model_patcher, "clone"):
+    """The strategy for this model (the generic fallback for any model no other claims)."""
+    if not hasattr(model_patcher, "model") or not hasattr(model_patcher, "clone") \
+            or getattr(model_patcher.model, "diffusion_model", None) is None:
         raise MagCacheInputError(input_name, f"expected a ComfyUI MODEL, got {type(model_patcher).__name__}")
     for cls in STRATEGIES:
         if cls.matches(model_patcher):
-            return cls(model_patcher.model.diffusion_model)
-    names = ", ".join(s.title for s in STRATEGIES)
-    raise MagCacheInputError(input_name, f"{describe_model(model_patcher)} is not supported yet; supported: {names}")
+            return cls(model_patcher)
+    raise MagCacheInputError(input_name, f"{describe_model(model_patcher)}: no strategy fits")  # unreachable: generic
+
+
+__all__ = ["STRATEGIES", "METHOD_MAGCACHE", "METHOD_TEACACHE", "BlockStrategy", "ModelStrategy", "Preset",
+           "Strategy", "TeaPreset", "all_presets", "describe_model", "detect"]

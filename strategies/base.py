@@ -1,67 +1,180 @@
 """What a strategy tells the pack about one architecture.
 
-A strategy names the blocks (their keys in ``transformer_options["patches_replace"]["dit"]``,
-in the order they run), says which tensor is the residual stream going into the first block and
-coming out of the last, and carries the architecture's built-in presets. Everything else (state,
-decisions, caching) is shared and lives in ``magcache_core`` and ``nodes/patching.py``.
+Two kinds:
+
+* ``BlockStrategy`` (level "blocks"): the model offers ComfyUI's block-replace patches
+  (``transformer_options["patches_replace"]["dit"]``). The strategy names the blocks in the order
+  they run, says where the image stream is in the first block's input and the last block's output
+  (``residual``, one line), and, for TeaCache, how to get the first block's modulated input.
+* ``ModelStrategy`` (level "model"): no block patches; the DIFFUSION_MODEL wrapper caches the
+  whole model's output minus its input (as ComfyUI's EasyCache). ``generic.py`` is the fallback
+  for any model; a named ModelStrategy may add presets and a TeaCache input.
+
+Everything else (state, decisions, caching) is shared: ``magcache_core`` and ``nodes/patching.py``.
+A strategy never stores the model; functions that need it get it passed.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from ..magcache_core import MagCacheParams, RatioCurves
+from ..magcache_core import MagCacheParams, RatioCurves, TeaCacheParams
 
 BlockKey = tuple[str, int]
+METHOD_MAGCACHE, METHOD_TEACACHE = "magcache", "teacache"
 
 
 @dataclass(frozen=True)
 class Preset:
+    """A MagCache preset: the ratio curves and the recommended threshold / retention / K."""
+
     name: str
     curves: RatioCurves
-    params: MagCacheParams          # recommended threshold / retention / K
+    params: MagCacheParams
     note: str = ""
+
+
+@dataclass(frozen=True)
+class TeaPreset:
+    """A TeaCache preset: the fitted polynomial and the recommended threshold and window."""
+
+    name: str
+    params: TeaCacheParams              # coefficients, recommended rel_l1_thresh
+    start_percent: float = 0.0
+    note: str = ""
+
+
+def resolve(dotted: str):
+    """``module.Class`` or None when this ComfyUI has no such class (older or newer versions)."""
+    module, _, name = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except Exception:       # noqa: BLE001 - a model module that fails to import simply does not match
+        return None
+
+
+def diffusion_model(model_patcher):
+    return getattr(getattr(model_patcher, "model", None), "diffusion_model", None)
 
 
 class Strategy:
     name: ClassVar[str]
     title: ClassVar[str]
-    residual: ClassVar[str]          # one line: what the cached residual is
-    presets: ClassVar[dict[str, Preset]] = {}
+    residual: ClassVar[str]                           # one line: what the cached residual is
+    level: ClassVar[str]
+    model_classes: ClassVar[tuple[str, ...]] = ()     # exact diffusion-model classes (dotted)
+    model_bases: ClassVar[tuple[str, ...]] = ()       # if set, the model_base class must be one of these
+    presets: ClassVar[dict[str, Preset]] = {}         # MagCache
+    tea_presets: ClassVar[dict[str, TeaPreset]] = {}  # TeaCache
 
-    def __init__(self, diffusion_model: torch.nn.Module):
-        self.block_keys: list[BlockKey] = self.find_blocks(diffusion_model)
-        if not self.block_keys:
-            raise ValueError(f"{self.title}: the model has no transformer blocks")
+    def __init__(self, model_patcher):
+        pass
 
     # -- detection ---------------------------------------------------------------------------
     @classmethod
     def matches(cls, model_patcher) -> bool:
-        raise NotImplementedError
+        dm = diffusion_model(model_patcher)
+        if dm is None or type(dm) not in {c for c in map(resolve, cls.model_classes) if c is not None}:
+            return False
+        if cls.model_bases:
+            bases = tuple(c for c in map(resolve, cls.model_bases) if c is not None)
+            return type(model_patcher.model) in bases
+        return True
 
-    def auto_preset(self, model_patcher) -> tuple[str | None, str]:
-        """(preset name or None, a few words on what was detected)."""
-        raise NotImplementedError
+    def detect_variant(self, model_patcher) -> tuple[str | None, str | None, str]:
+        """(MagCache preset, TeaCache preset, a few words on what was detected); None = calibrate."""
+        return None, None, self.title
 
-    # -- the blocks --------------------------------------------------------------------------
-    @staticmethod
-    def find_blocks(diffusion_model) -> list[BlockKey]:
-        raise NotImplementedError
+    def auto_preset(self, model_patcher, method: str = METHOD_MAGCACHE) -> tuple[str | None, str]:
+        mag, tea, what = self.detect_variant(model_patcher)
+        name = mag if method == METHOD_MAGCACHE else tea
+        table = self.presets if method == METHOD_MAGCACHE else self.tea_presets
+        if name is None or name not in table:
+            return None, f"{what}: no published {'ratios' if method == METHOD_MAGCACHE else 'TeaCache coefficients'}"
+        return name, what
 
+    def presets_for(self, method: str) -> dict:
+        return self.presets if method == METHOD_MAGCACHE else self.tea_presets
+
+    @property
+    def supports_teacache(self) -> bool:
+        return False
+
+
+class BlockStrategy(Strategy):
+    level = "blocks"
+    double_blocks: ClassVar[str | None] = "double_blocks"   # ("double_block", i) for each module here
+    single_blocks: ClassVar[str | None] = None              # ("single_block", i) for each module here
+    single_txt_first: ClassVar[bool] = True                 # single blocks see cat(txt, img), else cat(img, txt)
+
+    def __init__(self, model_patcher):
+        self.block_keys: list[BlockKey] = self.find_blocks(diffusion_model(model_patcher))
+        if not self.block_keys:
+            raise ValueError(f"{self.title}: the model has no transformer blocks")
+
+    @classmethod
+    def find_blocks(cls, dm) -> list[BlockKey]:
+        keys = []
+        for attr, kind in ((cls.double_blocks, "double_block"), (cls.single_blocks, "single_block")):
+            if attr is not None:
+                keys += [(kind, i) for i in range(len(getattr(dm, attr, None) or []))]
+        return keys
+
+    # -- the image stream ----------------------------------------------------------------------
     def stream_in(self, key: BlockKey, args: dict) -> torch.Tensor:
         """The residual stream entering the first block."""
         return args["img"]
 
     def stream_out(self, key: BlockKey, out: dict, n_tokens: int) -> torch.Tensor:
-        """The residual stream leaving the last block (``n_tokens`` as it had entering)."""
-        return out["img"]
+        """The image stream leaving the last block (``n_tokens`` as it had entering)."""
+        x = out["img"]
+        if key[0] == "single_block" and x.shape[1] != n_tokens:
+            return x[:, -n_tokens:] if self.single_txt_first else x[:, :n_tokens]
+        return x
 
     def with_stream(self, key: BlockKey, args: dict, stream: torch.Tensor) -> dict:
-        """The last block's output with the residual stream replaced by ``stream``."""
-        return {"img": stream}
+        """The last block's output with the image stream replaced by ``stream``."""
+        x = args["img"]
+        if key[0] == "single_block" and x.shape[1] != stream.shape[1]:
+            other = x[:, : x.shape[1] - stream.shape[1]] if self.single_txt_first else x[:, stream.shape[1]:]
+            return {"img": torch.cat((other, stream) if self.single_txt_first else (stream, other), dim=1)}
+        return self.passthrough(key, args) | {"img": stream}
 
     def passthrough(self, key: BlockKey, args: dict) -> dict:
-        """A block's output when it is skipped: its input, unchanged."""
-        return {"img": args["img"]}
+        """A block's output when it is skipped: its inputs, unchanged."""
+        return {k: args[k] for k in ("img", "txt") if k in args}
+
+    # -- TeaCache --------------------------------------------------------------------------------
+    def modulated_input(self, dm, args: dict) -> torch.Tensor | None:
+        """The first block's timestep-modulated input (TeaCache's indicator), or None."""
+        return None
+
+    @property
+    def supports_teacache(self) -> bool:
+        return type(self).modulated_input is not BlockStrategy.modulated_input
+
+
+class ModelStrategy(Strategy):
+    level = "model"
+    residual = "the whole diffusion model's output minus its input (the embeddings and final layer are cached too)"
+
+    def model_indicator(self, dm, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor | None:
+        """TeaCache's indicator for one model call, from the model's own embedders, or None."""
+        return None
+
+    @property
+    def supports_teacache(self) -> bool:
+        return type(self).model_indicator is not ModelStrategy.model_indicator
+
+
+def flux_style_modulated(block, args: dict) -> torch.Tensor:
+    """(1 + scale) * img_norm1(img) + shift with the first block's image modulation (FLUX-family
+    double blocks; blocks without their own modulation get it precomputed in ``vec``)."""
+    from comfy.ldm.flux.layers import apply_mod
+    vec = args["vec"]
+    mod = block.img_mod(vec)[0] if getattr(block, "modulation", True) else vec[0][0]
+    dims = args.get("modulation_dims_img")
+    return apply_mod(block.img_norm1(args["img"]), 1 + mod.scale, mod.shift, dims)

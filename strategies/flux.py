@@ -5,10 +5,8 @@ last single block (text tokens are dropped, as in the MagCache authors' FLUX cod
 """
 from __future__ import annotations
 
-import torch
-
-from ..magcache_core import MagCacheParams, RatioCurves
-from .base import Preset, Strategy
+from ..magcache_core import MagCacheParams, RatioCurves, TeaCacheParams
+from .base import BlockStrategy, Preset, TeaPreset, flux_style_modulated
 
 # Published by the MagCache authors: github.com/Zehong-Ma/ComfyUI-MagCache nodes.py at
 # 47bdd2aca97e568087c4e92d2d2f0426bdce7a37 (one value per step, no CFG).
@@ -23,10 +21,19 @@ FLUX_KONTEXT_20 = [
 ]
 
 
-class FluxStrategy(Strategy):
+# Published by the TeaCache authors' ComfyUI pack: github.com/welltop-cn/ComfyUI-TeaCache nodes.py
+# (coefficients at 91dff8e; recommended rel_l1_thresh and start from its README).
+TEA_FLUX = (498.651651, -283.781631, 55.8554382, -3.82021401, 0.264230861)
+TEA_FLUX_KONTEXT = (-1046.55119, 312.563399, -16.9500694, 0.410995971, 0.0374537863)
+
+
+class FluxStrategy(BlockStrategy):
     name = "flux"
     title = "FLUX.1"
     residual = "image tokens before the double blocks -> image tokens after the single blocks"
+    model_classes = ("comfy.ldm.flux.model.Flux",)
+    model_bases = ("comfy.model_base.Flux",)          # not FLUX.2, which reuses the class (flux2.py)
+    single_blocks = "single_blocks"
     presets = {
         # Recommended settings from the authors' FLUX example workflow: 0.24 / 0.1 / K 5.
         "flux": Preset("flux", RatioCurves.single(FLUX_DEV_28), MagCacheParams(0.24, 0.1, 5),
@@ -34,35 +41,17 @@ class FluxStrategy(Strategy):
         "flux_kontext": Preset("flux_kontext", RatioCurves.single(FLUX_KONTEXT_20),
                                MagCacheParams(0.24, 0.1, 5), "FLUX.1 Kontext dev, calibrated at 20 steps"),
     }
+    tea_presets = {
+        "flux": TeaPreset("flux", TeaCacheParams(0.4, TEA_FLUX), 0.0, "FLUX.1 dev"),
+        "flux_kontext": TeaPreset("flux_kontext", TeaCacheParams(0.22, TEA_FLUX_KONTEXT), 0.2, "FLUX.1 Kontext dev"),
+    }
 
-    @classmethod
-    def matches(cls, model_patcher) -> bool:
-        import comfy.ldm.flux.model
-        return type(model_patcher.model.diffusion_model) is comfy.ldm.flux.model.Flux
-
-    def auto_preset(self, model_patcher):
+    def detect_variant(self, model_patcher):
         dm = model_patcher.model.diffusion_model
         if not dm.params.guidance_embed:
-            return None, "FLUX.1 schnell (no guidance embedding): no published ratios"
+            return None, None, "FLUX.1 schnell (no guidance embedding)"
         # Kontext has the same weights layout as dev; pick 'flux_kontext' by hand for it.
-        return "flux", "FLUX.1 dev-class (guidance embedding)"
+        return "flux", "flux", "FLUX.1 dev-class (guidance embedding)"
 
-    @staticmethod
-    def find_blocks(dm):
-        return ([("double_block", i) for i in range(len(dm.double_blocks))]
-                + [("single_block", i) for i in range(len(dm.single_blocks))])
-
-    def stream_out(self, key, out, n_tokens):
-        # Single blocks run on cat(txt, img): the image tokens are the last n_tokens.
-        return out["img"][:, -n_tokens:] if key[0] == "single_block" else out["img"]
-
-    def with_stream(self, key, args, stream):
-        if key[0] == "single_block":
-            x = args["img"]
-            return {"img": torch.cat((x[:, : x.shape[1] - stream.shape[1]], stream), dim=1)}
-        return {"img": stream, "txt": args["txt"]}
-
-    def passthrough(self, key, args):
-        if key[0] == "double_block":
-            return {"img": args["img"], "txt": args["txt"]}
-        return {"img": args["img"]}
+    def modulated_input(self, dm, args):
+        return flux_style_modulated(dm.double_blocks[0], args)

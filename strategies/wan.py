@@ -1,11 +1,18 @@
-"""Wan 2.1 (T2V, I2V): ``comfy.ldm.wan.model.WanModel``.
+"""Wan 2.1 and 2.2 (T2V, I2V, VACE, Camera, HuMo, Animate, TI2V 5B): ``comfy.ldm.wan.model.WanModel``
+and its subclasses that pass ``transformer_options`` to block patches (not S2V: it goes generic).
 
 Residual: the video tokens entering the first block vs leaving the last block.
+Wan 2.2 14B runs as two models (high noise, then low noise) over one schedule: each patched model
+reads its own part of the 40-step curve, because steps are indexed in the whole schedule.
+Wan 2.2 T2V/I2V 14B have the layout of Wan 2.1 14B, so 'auto' cannot tell them apart: it picks the
+2.1 curve and says so; choose the wan2.2 preset by hand.
+TeaCache: the indicator is the first block's timestep modulation ``e0`` (``vec``), with the
+TeaCache authors' "ret_mode" coefficients for it.
 """
 from __future__ import annotations
 
-from ..magcache_core import MagCacheParams, RatioCurves
-from .base import Preset, Strategy
+from ..magcache_core import MagCacheParams, RatioCurves, TeaCacheParams
+from .base import BlockStrategy, Preset, TeaPreset
 
 # Published by the MagCache authors: github.com/Zehong-Ma/ComfyUI-MagCache nodes.py at
 # 47bdd2aca97e568087c4e92d2d2f0426bdce7a37. Interleaved per step: cond, uncond, cond, uncond...
@@ -55,6 +62,50 @@ WAN21_I2V_720P_14B = [
     0.94655, 0.93397, 0.93414, 0.91636, 0.9165, 0.89088, 0.89109, 0.8679, 0.86768
 ]
 
+# Also from the authors' pack at the same commit (interleaved cond/uncond; 2.2 14B: 40 steps, 5B: 50).
+WAN21_VACE_1_3B = [
+    1.0, 1.0, 1.00129, 1.0019, 1.00056, 1.00053, 0.99776, 0.99746, 0.99726, 0.99789, 0.99725, 0.99785,
+    0.9958, 0.99625, 0.99703, 0.99728, 0.99863, 0.9988, 0.99735, 0.99731, 0.99714, 0.99707, 0.99697,
+    0.99687, 0.9969, 0.99683, 0.99695, 0.99702, 0.99697, 0.99701, 0.99608, 0.99617, 0.99721, 0.9973,
+    0.99649, 0.99657, 0.99659, 0.99667, 0.99727, 0.99731, 0.99603, 0.99612, 0.99652, 0.99659, 0.99635,
+    0.9964, 0.9958, 0.99585, 0.99581, 0.99585, 0.99573, 0.99579, 0.99531, 0.99534, 0.99505, 0.99508,
+    0.99481, 0.99484, 0.99426, 0.99433, 0.99403, 0.99406, 0.99357, 0.9936, 0.99302, 0.99305, 0.99243,
+    0.99247, 0.9916, 0.99164, 0.99085, 0.99087, 0.98985, 0.9899, 0.98857, 0.98859, 0.98717, 0.98721,
+    0.98551, 0.98556, 0.98301, 0.98305, 0.9805, 0.98055, 0.97635, 0.97641, 0.97183, 0.97187, 0.96496,
+    0.965, 0.95526, 0.95533, 0.94102, 0.94104, 0.91809, 0.91815, 0.87871, 0.87879, 0.80141, 0.80164
+]
+WAN22_T2V_14B = [
+    1.0, 1.0, 1.00124, 1.00155, 0.99822, 0.99851, 0.99696, 0.99687, 0.99703, 0.99732, 0.9966, 0.99679,
+    0.99602, 0.99658, 0.99578, 0.99664, 0.99484, 0.9949, 0.99633, 0.996, 0.99659, 0.99683, 0.99534,
+    0.99549, 0.99584, 0.99577, 0.99681, 0.99694, 0.99563, 0.99554, 0.9944, 0.99473, 0.99594, 0.9964,
+    0.99466, 0.99461, 0.99453, 0.99481, 0.99389, 0.99365, 0.99391, 0.99406, 0.99354, 0.99361, 0.99283,
+    0.99278, 0.99268, 0.99263, 0.99057, 0.99091, 0.99125, 0.99126, 0.65523, 0.65252, 0.98808, 0.98852,
+    0.98765, 0.98736, 0.9851, 0.98535, 0.98311, 0.98339, 0.9805, 0.9806, 0.97776, 0.97771, 0.97278,
+    0.97286, 0.96731, 0.96728, 0.95857, 0.95855, 0.94385, 0.94385, 0.92118, 0.921, 0.88108, 0.88076,
+    0.80263, 0.80181
+]
+WAN22_I2V_14B = [
+    1.0, 1.0, 0.99191, 0.99144, 0.99356, 0.99337, 0.99326, 0.99285, 0.99251, 0.99264, 0.99393, 0.99366,
+    0.9943, 0.9943, 0.99276, 0.99288, 0.99389, 0.99393, 0.99274, 0.99289, 0.99316, 0.9931, 0.99379,
+    0.99377, 0.99268, 0.99271, 0.99222, 0.99227, 0.99175, 0.9916, 0.91076, 0.91046, 0.98931, 0.98933,
+    0.99087, 0.99088, 0.98852, 0.98855, 0.98895, 0.98896, 0.98806, 0.98808, 0.9871, 0.98711, 0.98613,
+    0.98618, 0.98434, 0.98435, 0.983, 0.98307, 0.98185, 0.98187, 0.98131, 0.98131, 0.9783, 0.97835,
+    0.97619, 0.9762, 0.97264, 0.9727, 0.97088, 0.97098, 0.96568, 0.9658, 0.96045, 0.96055, 0.95322,
+    0.95335, 0.94579, 0.94594, 0.93297, 0.93311, 0.91699, 0.9172, 0.89174, 0.89202, 0.8541, 0.85446,
+    0.79823, 0.79902
+]
+WAN22_TI2V_5B = [
+    1.0, 1.0, 0.99505, 0.99389, 0.99441, 0.9957, 0.99558, 0.99551, 0.99499, 0.9945, 0.99534, 0.99548,
+    0.99468, 0.9946, 0.99463, 0.99458, 0.9946, 0.99453, 0.99408, 0.99404, 0.9945, 0.99441, 0.99409,
+    0.99398, 0.99403, 0.99397, 0.99382, 0.99377, 0.99349, 0.99343, 0.99377, 0.99378, 0.9933, 0.99328,
+    0.99303, 0.99301, 0.99217, 0.99216, 0.992, 0.99201, 0.99201, 0.99202, 0.99133, 0.99132, 0.99112,
+    0.9911, 0.99155, 0.99155, 0.98958, 0.98957, 0.98959, 0.98958, 0.98838, 0.98835, 0.98826, 0.98825,
+    0.9883, 0.98828, 0.98711, 0.98709, 0.98562, 0.98561, 0.98511, 0.9851, 0.98414, 0.98412, 0.98284,
+    0.98282, 0.98104, 0.98101, 0.97981, 0.97979, 0.97849, 0.97849, 0.97557, 0.97554, 0.97398, 0.97395,
+    0.97171, 0.97166, 0.96917, 0.96913, 0.96511, 0.96507, 0.96263, 0.96257, 0.95839, 0.95835, 0.95483,
+    0.95475, 0.94942, 0.94936, 0.9468, 0.94678, 0.94583, 0.94594, 0.94843, 0.94872, 0.96949, 0.97015
+]
+
 # The authors' ComfyUI node defaults (threshold 0.24, retention 0.2, K 4).
 _DEFAULTS = MagCacheParams(0.24, 0.2, 4)
 
@@ -63,35 +114,60 @@ def _preset(name, curve, note):
     return Preset(name, RatioCurves.interleaved(curve), _DEFAULTS, note)
 
 
-class Wan21Strategy(Strategy):
-    name = "wan2.1"
-    title = "Wan 2.1"
+# github.com/welltop-cn/ComfyUI-TeaCache nodes.py at 91dff8e: the "ret_mode" coefficients, fitted on
+# e0 (what the blocks get as ``vec``); thresholds from its README, start 0.1 as it recommends.
+TEA_WAN = {
+    "wan2.1_t2v_1.3B": ((-52186.2437, 9230.41404, -528.275948, 13.6987616, -0.0499875664), 0.15),
+    "wan2.1_t2v_14B": ((-303318.725, 49053.7029, -2655.30556, 58.7365115, -0.315583525), 0.2),
+    "wan2.1_i2v_480p_14B": ((257151.496, -35422.9917, 1402.86849, -13.5890334, 0.132517977), 0.3),
+    "wan2.1_i2v_720p_14B": ((8107.0546, 2133.93892, -372.934672, 16.6203073, -0.0417769401), 0.3),
+}
+
+
+class WanStrategy(BlockStrategy):
+    name = "wan"
+    title = "Wan 2.1 / 2.2"
     residual = "video tokens before the first block -> video tokens after the last block"
+    model_classes = ("comfy.ldm.wan.model.WanModel", "comfy.ldm.wan.model.VaceWanModel",
+                     "comfy.ldm.wan.model.CameraWanModel", "comfy.ldm.wan.model.HumoWanModel",
+                     "comfy.ldm.wan.model_animate.AnimateWanModel")
+    double_blocks = "blocks"
     presets = {
         "wan2.1_t2v_1.3B": _preset("wan2.1_t2v_1.3B", WAN21_T2V_1_3B, "Wan 2.1 T2V 1.3B, 50 steps, CFG"),
-        "wan2.1_t2v_14B": _preset("wan2.1_t2v_14B", WAN21_T2V_14B, "Wan 2.1 T2V 14B, 50 steps, CFG"),
+        "wan2.1_t2v_14B": _preset("wan2.1_t2v_14B", WAN21_T2V_14B, "Wan 2.1 T2V 14B (and VACE 14B), 50 steps, CFG"),
         "wan2.1_i2v_480p_14B": _preset("wan2.1_i2v_480p_14B", WAN21_I2V_480P_14B, "Wan 2.1 I2V 14B 480p, 40 steps, CFG"),
         "wan2.1_i2v_720p_14B": _preset("wan2.1_i2v_720p_14B", WAN21_I2V_720P_14B, "Wan 2.1 I2V 14B 720p, 40 steps, CFG"),
+        "wan2.1_vace_1.3B": _preset("wan2.1_vace_1.3B", WAN21_VACE_1_3B, "Wan 2.1 VACE 1.3B, 50 steps, CFG"),
+        "wan2.2_t2v_14B": _preset("wan2.2_t2v_14B", WAN22_T2V_14B, "Wan 2.2 T2V 14B, high+low noise, 40 steps, CFG"),
+        "wan2.2_i2v_14B": _preset("wan2.2_i2v_14B", WAN22_I2V_14B, "Wan 2.2 I2V 14B, high+low noise, 40 steps, CFG"),
+        "wan2.2_ti2v_5B": _preset("wan2.2_ti2v_5B", WAN22_TI2V_5B, "Wan 2.2 TI2V 5B, 50 steps, CFG"),
     }
+    tea_presets = {name: TeaPreset(name, TeaCacheParams(thresh, coeffs), 0.1, f"{name} (ret_mode coefficients)")
+                   for name, (coeffs, thresh) in TEA_WAN.items()}
 
-    @classmethod
-    def matches(cls, model_patcher) -> bool:
-        import comfy.ldm.wan.model
-        return type(model_patcher.model.diffusion_model) is comfy.ldm.wan.model.WanModel
-
-    def auto_preset(self, model_patcher):
+    def detect_variant(self, model_patcher):
         dm = model_patcher.model.diffusion_model
         kind = getattr(dm, "model_type", "t2v")
-        what = f"Wan 2.1 {kind.upper()} (width {dm.dim}, {dm.num_layers} blocks)"
+        cls = type(dm).__name__
+        what = f"Wan {kind.upper()} {cls} (width {dm.dim}, {dm.num_layers} blocks)"
+        if type(model_patcher.model).__name__ == "WAN22" and dm.dim == 3072:
+            return "wan2.2_ti2v_5B", None, "Wan 2.2 TI2V 5B"
+        if cls == "VaceWanModel":
+            if dm.dim == 1536:
+                return "wan2.1_vace_1.3B", None, what
+            if dm.dim == 5120:
+                return "wan2.1_t2v_14B", None, what + " (the authors' VACE 14B curve is the T2V 14B one)"
+            return None, None, what
+        if cls != "WanModel":
+            return None, None, what
         if kind == "t2v" and dm.dim == 1536:
-            return "wan2.1_t2v_1.3B", what
+            return "wan2.1_t2v_1.3B", "wan2.1_t2v_1.3B", what
         if kind == "t2v" and dm.dim == 5120:
-            return "wan2.1_t2v_14B", what
+            return "wan2.1_t2v_14B", "wan2.1_t2v_14B", what + "; for Wan 2.2 T2V 14B pick wan2.2_t2v_14B"
         if kind == "i2v" and dm.dim == 5120:
             # 480p and 720p share one layout; 480p is the common one, 720p is in the list.
-            return "wan2.1_i2v_480p_14B", what
-        return None, what + ": no published ratios"
+            return "wan2.1_i2v_480p_14B", "wan2.1_i2v_480p_14B", what + "; for Wan 2.2 I2V 14B pick wan2.2_i2v_14B"
+        return None, None, what
 
-    @staticmethod
-    def find_blocks(dm):
-        return [("double_block", i) for i in range(len(dm.blocks))]
+    def modulated_input(self, dm, args):
+        return args["vec"]

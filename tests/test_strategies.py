@@ -22,10 +22,10 @@ WAN_14B = dict(WAN_CONFIG, dim=5120, num_heads=40, ffn_dim=13824, num_layers=1)
 @pytest.mark.parametrize("config_cls, unet, strategy, preset", [
     (comfy.supported_models.Flux, FLUX_CONFIG, "flux", "flux"),
     (comfy.supported_models.FluxSchnell, dict(FLUX_CONFIG, guidance_embed=False), "flux", None),
-    (comfy.supported_models.WAN21_T2V, dict(WAN_CONFIG, dim=1536, num_heads=12, ffn_dim=8960, num_layers=1), "wan2.1", "wan2.1_t2v_1.3B"),
-    (comfy.supported_models.WAN21_T2V, WAN_14B, "wan2.1", "wan2.1_t2v_14B"),
-    (comfy.supported_models.WAN21_I2V, dict(WAN_14B, model_type="i2v", in_dim=36), "wan2.1", "wan2.1_i2v_480p_14B"),
-    (comfy.supported_models.WAN21_T2V, WAN_CONFIG, "wan2.1", None),
+    (comfy.supported_models.WAN21_T2V, dict(WAN_CONFIG, dim=1536, num_heads=12, ffn_dim=8960, num_layers=1), "wan", "wan2.1_t2v_1.3B"),
+    (comfy.supported_models.WAN21_T2V, WAN_14B, "wan", "wan2.1_t2v_14B"),
+    (comfy.supported_models.WAN21_I2V, dict(WAN_14B, model_type="i2v", in_dim=36), "wan", "wan2.1_i2v_480p_14B"),
+    (comfy.supported_models.WAN21_T2V, WAN_CONFIG, "wan", None),
 ])
 def test_detection_table(config_cls, unet, strategy, preset):
     model = on_meta(config_cls, unet)

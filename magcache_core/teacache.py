@@ -1,0 +1,108 @@
+"""The TeaCache skip rule, as published by its authors (Liu et al., CVPR 2025).
+
+Per cond entry, on every model call:
+    d = mean|x_t - x_prev| / mean|x_prev|       (x: the first block's timestep-modulated input)
+    accumulated += poly(d)                      (the model's fitted polynomial, numpy.poly1d order)
+    skip while accumulated < rel_l1_thresh; a computed step resets accumulated to 0
+x_prev is updated on every step, skipped or not. The first and the last step of a run always
+compute, as do steps outside the start/end window. ``max_skips`` (optional, not in the paper)
+caps how many steps in a row may skip.
+
+Decisions are per cond entry, so a CFG batch and two separate forwards decide alike: a batched
+call runs the blocks when any entry must compute, and entries that may skip then take their
+cached residual (``RunState`` does that), exactly as they would alone.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Hashable, Sequence
+
+import torch
+
+from .errors import MagCacheInputError
+
+
+def validate_coefficients(value, input_name: str = "coefficients") -> tuple[float, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+        raise MagCacheInputError(input_name, "expected a non-empty list of polynomial coefficients, highest power first")
+    out = []
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+            raise MagCacheInputError(input_name, f"entry {i} is {v!r}; every coefficient must be a finite number")
+        out.append(float(v))
+    return tuple(out)
+
+
+def poly1d(coefficients: Sequence[float], x: float) -> float:
+    """numpy.poly1d(coefficients)(x): coefficients highest power first (Horner's scheme)."""
+    y = 0.0
+    for c in coefficients:
+        y = y * x + c
+    return y
+
+
+def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """mean|current - previous| / mean|previous| (a 0-d tensor; float32 at least)."""
+    cur, prev = current.float(), previous.float()
+    return (cur - prev).abs().mean() / prev.abs().mean().clamp_min(1e-12)
+
+
+@dataclass(frozen=True)
+class TeaCacheParams:
+    rel_l1_thresh: float
+    coefficients: tuple[float, ...] = (1.0, 0.0)   # identity: the raw relative L1 distance
+    max_skips: int | None = None                    # None: no cap
+
+
+@dataclass
+class _KeyState:
+    previous: torch.Tensor | None = None
+    accumulated: float = 0.0
+    skips: int = 0
+
+    def reset(self) -> None:
+        self.accumulated, self.skips = 0.0, 0
+
+
+class TeaCacheRule:
+    """Decides per cond entry and step. ``decide`` syncs once per entry (it reads a distance)."""
+
+    def __init__(self, params: TeaCacheParams, first_step: int, last_step: int):
+        self.params = params
+        self.first_step, self.last_step = first_step, last_step
+        self._state: dict[Hashable, _KeyState] = {}
+        self.distances: dict[Hashable, dict[int, float]] = {}     # key -> step -> rescaled distance
+
+    def decide(self, step: int, key: Hashable, modulated: torch.Tensor, in_window: bool = True) -> bool:
+        """True to skip ``step`` for ``key``; ``modulated`` is this entry's modulated input."""
+        st = self._state.setdefault(key, _KeyState())
+        previous, st.previous = st.previous, modulated.detach().clone()
+        if (previous is None or previous.shape != modulated.shape or not in_window
+                or step <= self.first_step or step >= self.last_step):
+            st.reset()
+            return False
+        d = poly1d(self.params.coefficients, float(relative_l1(modulated, previous)))
+        self.distances.setdefault(key, {})[step] = d
+        st.accumulated += d
+        cap = self.params.max_skips
+        if st.accumulated < self.params.rel_l1_thresh and (cap is None or st.skips < cap):
+            st.skips += 1
+            return True
+        st.reset()
+        return False
+
+    def computed(self, key: Hashable) -> None:
+        """``key`` ran the blocks after all (e.g. no residual yet): start accumulating afresh."""
+        if key in self._state:
+            self._state[key].reset()
+
+    def clear(self) -> None:
+        self._state.clear()
+        self.distances.clear()
+
+
+def teacache_schedule(params: TeaCacheParams, inputs: Sequence[torch.Tensor], key: Hashable = 0) -> list[int]:
+    """The steps TeaCache computes for one entry given its modulated input at every step."""
+    rule = TeaCacheRule(params, 0, len(inputs) - 1)
+    return [s for s, x in enumerate(inputs) if not rule.decide(s, key, x)]

@@ -1,0 +1,32 @@
+"""Checks shared by the nodes' inputs: every bad value gets an error naming the input."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..magcache_core import MagCacheInputError
+
+CACHE_DEVICES = ["main_device", "cpu"]
+
+
+def number(name, value, lo, hi, integer=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not (lo <= value <= hi) or (integer and int(value) != value):
+        kind = "a whole number" if integer else "a number"
+        raise MagCacheInputError(name, f"got {value!r}; expected {kind} from {lo} to {hi}")
+    return int(value) if integer else float(value)
+
+
+def window(start_percent, end_percent) -> tuple[float, float]:
+    start = number("start_percent", start_percent, 0.0, 1.0)
+    end = number("end_percent", end_percent, 0.0, 1.0)
+    if start >= end:
+        raise MagCacheInputError("end_percent", f"must be greater than start_percent ({start} >= {end})")
+    return start, end
+
+
+def offload_device(cache_device) -> torch.device | None:
+    if cache_device not in CACHE_DEVICES:
+        raise MagCacheInputError("cache_device", f"got {cache_device!r}; expected one of {CACHE_DEVICES}")
+    return torch.device("cpu") if cache_device == "cpu" else None

@@ -1,0 +1,91 @@
+"""TeaCacheApply: the TeaCache rule on the same run machinery and strategies as MagCache."""
+from __future__ import annotations
+
+import logging
+
+from ..magcache_core import MagCacheInputError, RunConfig, TeaCacheParams
+from ..strategies import METHOD_TEACACHE, all_presets, detect
+from .inputs import CACHE_DEVICES, number, offload_device, window
+from .patching import patch_model
+
+log = logging.getLogger("comfyui-magcache")
+
+
+def resolve_coefficients(strategy, model, preset):
+    """(preset, label) for the node's preset input on this model."""
+    if not isinstance(preset, str):
+        raise MagCacheInputError("preset", f"expected a preset name, got {type(preset).__name__}")
+    if not strategy.supports_teacache:
+        raise MagCacheInputError(
+            "model", f"{strategy.title} has no TeaCache input this pack can read (its modulated input is not "
+                     "reachable through ComfyUI's patches); use MagCacheCalibrate + MagCacheApply for it")
+    if preset == "auto":
+        name, detected = strategy.auto_preset(model, METHOD_TEACACHE)
+        if name is None:
+            by_hand = f" Or choose one of {sorted(strategy.tea_presets)} by hand." if strategy.tea_presets else ""
+            raise MagCacheInputError(
+                "preset", f"auto-detect found {detected}. Use MagCacheCalibrate + MagCacheApply for this "
+                          f"model (calibrating needs no published numbers).{by_hand}")
+        return strategy.tea_presets[name], f"{name} (auto: {detected})"
+    if preset in strategy.tea_presets:
+        return strategy.tea_presets[preset], preset
+    known = all_presets(METHOD_TEACACHE)
+    if preset in known:
+        raise MagCacheInputError("preset", f"{preset!r} is a {known[preset][0].title} preset; this model is "
+                                           f"{strategy.title} (its presets: {sorted(strategy.tea_presets)})")
+    raise MagCacheInputError("preset", f"unknown preset {preset!r}; choose 'auto' or one of {sorted(known)}")
+
+
+class TeaCacheApply:
+    DESCRIPTION = ("Skips the transformer blocks while the first block's timestep-modulated input has "
+                   "changed little since the last computed step, and reuses the cached residual (TeaCache, "
+                   "Liu et al. 2025). Put it right after the model loader.")
+    CATEGORY = "MagCache"
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The model with TeaCache; the input model is left unchanged.",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model to speed up (FLUX.1, Wan 2.1, HunyuanVideo, "
+                                               "LTX-Video, Lumina 2, HiDream have published coefficients)."}),
+                "preset": (["auto"] + sorted(all_presets(METHOD_TEACACHE)), {"default": "auto", "tooltip":
+                           "The model's fitted polynomial; 'auto' picks it from the detected model."}),
+                "rel_l1_thresh": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip":
+                                  "Accumulated rescaled change allowed before the blocks run again. Higher = faster, "
+                                  "less faithful; 0 = never skip. FLUX 0.4, Wan 0.15-0.3, HunyuanVideo 0.15, LTXV 0.06."}),
+                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                  "Skipping may start at this point of sampling (Wan: 0.1)."}),
+                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                "Skipping stops at this point of sampling. The last step always computes."}),
+                "cache_device": (CACHE_DEVICES, {"default": "main_device", "tooltip":
+                                 "Where cached residuals live: with the model (fastest) or in CPU memory (saves VRAM)."}),
+            },
+            "optional": {
+                "max_skip_steps": ("INT", {"default": 0, "min": 0, "max": 100, "tooltip":
+                                   "At most this many steps in a row are skipped; 0 = no limit (as published)."}),
+            },
+        }
+
+    def apply(self, model, preset, rel_l1_thresh, start_percent=0.0, end_percent=1.0,
+              cache_device="main_device", max_skip_steps=0):
+        thresh = number("rel_l1_thresh", rel_l1_thresh, 0.0, 1e6)
+        start, end = window(start_percent, end_percent)
+        offload = offload_device(cache_device)
+        cap = number("max_skip_steps", max_skip_steps, 0, 10_000, integer=True)
+        strategy = detect(model)
+        chosen, label = resolve_coefficients(strategy, model, preset)
+        params = TeaCacheParams(thresh, chosen.params.coefficients, cap or None)
+        config = RunConfig("teacache", params, None, start, end, offload, label=f"{strategy.title}, {label}")
+        hint = ""
+        if (chosen.params.rel_l1_thresh, chosen.start_percent) != (thresh, start):
+            hint = f"; the preset recommends rel_l1_thresh {chosen.params.rel_l1_thresh}, start {chosen.start_percent}"
+        log.info("TeaCacheApply: %s (%s-level cache), %s, rel_l1_thresh %s, window %s-%s%s", strategy.title,
+                 strategy.level, label, thresh, start, end, hint)
+        return (patch_model(model, strategy, config),)
+
+
+NODE_CLASS_MAPPINGS = {"TeaCacheApply": TeaCacheApply}
+NODE_DISPLAY_NAME_MAPPINGS = {"TeaCacheApply": "TeaCache Apply"}
