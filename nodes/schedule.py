@@ -3,8 +3,8 @@
 KSamplerAdvanced step ranges (the two models of Wan 2.2), denoise < 1 and split-sigma workflows
 hand the sampler a contiguous slice of a schedule ComfyUI computed for more steps. The slice alone
 does not say which; this finds the (offset, total steps) of a schedule, made by one of ComfyUI's
-own schedulers for this model, that contains the slice exactly. Custom sigmas that match no
-scheduler are treated as a whole run of their own length.
+own schedulers for this model, that contains the slice exactly (schedules up to 4x the slice's
+length). Custom sigmas that match none are treated as a whole run of their own length.
 """
 from __future__ import annotations
 
@@ -16,14 +16,15 @@ import comfy.samplers
 
 log = logging.getLogger("comfyui-magcache")
 MAX_TOTAL_STEPS = 300
+MAX_SLICE_FRACTION = 4          # look for schedules up to 4x the slice (denoise >= 0.25, step ranges >= 1/4)
 
 
-def _candidates(model_sampling, scheduler: str, steps: int):
-    full = comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps)
-    yield full
+def _schedule(model_sampling, scheduler: str, steps: int, drop_penultimate: bool) -> torch.Tensor:
+    if not drop_penultimate:
+        return comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps)
     # Samplers that drop the penultimate sigma (dpm_2, uni_pc, ...) compute steps + 1 and drop one.
     more = comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps + 1)
-    yield torch.cat([more[:-2], more[-1:]])
+    return torch.cat([more[:-2], more[-1:]])
 
 
 def locate(model_sampling, sigmas: torch.Tensor) -> tuple[int, int]:
@@ -36,13 +37,15 @@ def locate(model_sampling, sigmas: torch.Tensor) -> tuple[int, int]:
     starts_at_max = torch.isclose(calls[0], torch.as_tensor(float(model_sampling.sigma_max)), rtol=1e-5)
     if starts_at_max and float(sig[-1]) == 0.0:
         return 0, n
-    for total in range(n, MAX_TOTAL_STEPS + 1):
-        for scheduler in comfy.samplers.SCHEDULER_NAMES:
-            try:
-                candidates = list(_candidates(model_sampling, scheduler, total))
-            except Exception:      # noqa: BLE001 - a scheduler that cannot make this length
-                continue
-            for full in candidates:
+    # Plain schedules first: a prefix of one also prefixes the dropped-penultimate one a step shorter.
+    longest = min(MAX_TOTAL_STEPS, MAX_SLICE_FRACTION * n + 2)
+    for drop in (False, True):
+        for total in range(n, longest + 1):
+            for scheduler in comfy.samplers.SCHEDULER_NAMES:
+                try:
+                    full = _schedule(model_sampling, scheduler, total, drop)
+                except Exception:      # noqa: BLE001 - a scheduler that cannot make this length
+                    continue
                 full_calls = full.float().cpu()[:-1]
                 if len(full_calls) != total:
                     continue
@@ -54,5 +57,5 @@ def locate(model_sampling, sigmas: torch.Tensor) -> tuple[int, int]:
                                      off, off + n - 1, total, scheduler)
                         return off, total
     log.info("MagCache: the sigmas match no %d..%d-step schedule of this model; treating them as a whole run",
-             n, MAX_TOTAL_STEPS)
+             n, longest)
     return 0, n
