@@ -38,8 +38,9 @@ class FluxStrategy(BlockStrategy):
         # Recommended settings from the authors' FLUX example workflow: 0.24 / 0.1 / K 5.
         "flux": Preset("flux", RatioCurves.single(FLUX_DEV_28), MagCacheParams(0.24, 0.1, 5),
                        "FLUX.1 dev, calibrated at 28 steps"),
+        # Kontext: 0.05 / 0.2 / K 4, from the authors' README.
         "flux_kontext": Preset("flux_kontext", RatioCurves.single(FLUX_KONTEXT_20),
-                               MagCacheParams(0.24, 0.1, 5), "FLUX.1 Kontext dev, calibrated at 20 steps"),
+                               MagCacheParams(0.05, 0.2, 4), "FLUX.1 Kontext dev, calibrated at 20 steps"),
     }
     tea_presets = {
         "flux": TeaPreset("flux", TeaCacheParams(0.4, TEA_FLUX), 0.0, "FLUX.1 dev"),

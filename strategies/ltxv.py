@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import comfy.ldm.common_dit
 
-from .base import BlockStrategy
+from ..magcache_core import TeaCacheParams
+from .base import BlockStrategy, TeaPreset
+
+# github.com/welltop-cn/ComfyUI-TeaCache nodes.py at 91dff8e (threshold from its README).
+TEA_LTXV = (21.4700694, -12.8016453, 2.31279151, 0.792487521, 0.00969274326)
 
 
 class LTXVStrategy(BlockStrategy):
@@ -15,6 +19,10 @@ class LTXVStrategy(BlockStrategy):
     residual = "video tokens before the first transformer block -> after the last"
     model_classes = ("comfy.ldm.lightricks.model.LTXVModel",)
     double_blocks = "transformer_blocks"
+    tea_presets = {"ltxv": TeaPreset("ltxv", TeaCacheParams(0.06, TEA_LTXV), 0.0, "LTX-Video 0.9.x")}
+
+    def detect_variant(self, model_patcher):
+        return None, "ltxv", "LTX-Video"
 
     def modulated_input(self, dm, args):
         # The first block's attention input: rms_norm(x) * (1 + scale_msa) + shift_msa.

@@ -106,12 +106,13 @@ WAN22_TI2V_5B = [
     0.95475, 0.94942, 0.94936, 0.9468, 0.94678, 0.94583, 0.94594, 0.94843, 0.94872, 0.96949, 0.97015
 ]
 
-# The authors' ComfyUI node defaults (threshold 0.24, retention 0.2, K 4).
-_DEFAULTS = MagCacheParams(0.24, 0.2, 4)
+# Recommended threshold / retention / K from the authors' README: T2V 1.3B 0.12/0.2/4, 14B (T2V, I2V)
+# 0.24/0.2/6, VACE 0.02/0.2/3. Wan 2.2 has no published settings: the 14B and 1.3B-class ones are used.
+SMALL, LARGE, VACE = MagCacheParams(0.12, 0.2, 4), MagCacheParams(0.24, 0.2, 6), MagCacheParams(0.02, 0.2, 3)
 
 
-def _preset(name, curve, note):
-    return Preset(name, RatioCurves.interleaved(curve), _DEFAULTS, note)
+def _preset(name, curve, note, params):
+    return Preset(name, RatioCurves.interleaved(curve), params, note)
 
 
 # github.com/welltop-cn/ComfyUI-TeaCache nodes.py at 91dff8e: the "ret_mode" coefficients, fitted on
@@ -133,14 +134,14 @@ class WanStrategy(BlockStrategy):
                      "comfy.ldm.wan.model_animate.AnimateWanModel")
     double_blocks = "blocks"
     presets = {
-        "wan2.1_t2v_1.3B": _preset("wan2.1_t2v_1.3B", WAN21_T2V_1_3B, "Wan 2.1 T2V 1.3B, 50 steps, CFG"),
-        "wan2.1_t2v_14B": _preset("wan2.1_t2v_14B", WAN21_T2V_14B, "Wan 2.1 T2V 14B (and VACE 14B), 50 steps, CFG"),
-        "wan2.1_i2v_480p_14B": _preset("wan2.1_i2v_480p_14B", WAN21_I2V_480P_14B, "Wan 2.1 I2V 14B 480p, 40 steps, CFG"),
-        "wan2.1_i2v_720p_14B": _preset("wan2.1_i2v_720p_14B", WAN21_I2V_720P_14B, "Wan 2.1 I2V 14B 720p, 40 steps, CFG"),
-        "wan2.1_vace_1.3B": _preset("wan2.1_vace_1.3B", WAN21_VACE_1_3B, "Wan 2.1 VACE 1.3B, 50 steps, CFG"),
-        "wan2.2_t2v_14B": _preset("wan2.2_t2v_14B", WAN22_T2V_14B, "Wan 2.2 T2V 14B, high+low noise, 40 steps, CFG"),
-        "wan2.2_i2v_14B": _preset("wan2.2_i2v_14B", WAN22_I2V_14B, "Wan 2.2 I2V 14B, high+low noise, 40 steps, CFG"),
-        "wan2.2_ti2v_5B": _preset("wan2.2_ti2v_5B", WAN22_TI2V_5B, "Wan 2.2 TI2V 5B, 50 steps, CFG"),
+        "wan2.1_t2v_1.3B": _preset("wan2.1_t2v_1.3B", WAN21_T2V_1_3B, "Wan 2.1 T2V 1.3B, 50 steps, CFG", SMALL),
+        "wan2.1_t2v_14B": _preset("wan2.1_t2v_14B", WAN21_T2V_14B, "Wan 2.1 T2V 14B (and VACE 14B), 50 steps, CFG", LARGE),
+        "wan2.1_i2v_480p_14B": _preset("wan2.1_i2v_480p_14B", WAN21_I2V_480P_14B, "Wan 2.1 I2V 14B 480p, 40 steps, CFG", LARGE),
+        "wan2.1_i2v_720p_14B": _preset("wan2.1_i2v_720p_14B", WAN21_I2V_720P_14B, "Wan 2.1 I2V 14B 720p, 40 steps, CFG", LARGE),
+        "wan2.1_vace_1.3B": _preset("wan2.1_vace_1.3B", WAN21_VACE_1_3B, "Wan 2.1 VACE 1.3B, 50 steps, CFG", VACE),
+        "wan2.2_t2v_14B": _preset("wan2.2_t2v_14B", WAN22_T2V_14B, "Wan 2.2 T2V 14B, high+low noise, 40 steps, CFG", LARGE),
+        "wan2.2_i2v_14B": _preset("wan2.2_i2v_14B", WAN22_I2V_14B, "Wan 2.2 I2V 14B, high+low noise, 40 steps, CFG", LARGE),
+        "wan2.2_ti2v_5B": _preset("wan2.2_ti2v_5B", WAN22_TI2V_5B, "Wan 2.2 TI2V 5B, 50 steps, CFG", SMALL),
     }
     tea_presets = {name: TeaPreset(name, TeaCacheParams(thresh, coeffs), 0.1, f"{name} (ret_mode coefficients)")
                    for name, (coeffs, thresh) in TEA_WAN.items()}

@@ -1,0 +1,234 @@
+"""Every architecture on ComfyUI's real class, tiny and random: detection, exactness at threshold 0,
+a forced skip schedule (no block runs on a skipped step; the output is the residual-path math,
+checked against an oracle written here from the model's own blocks), TeaCache, and calibration.
+
+The oracle re-runs the unpatched diffusion model on the exact inputs the patched run gave it
+(recorded by an outer DIFFUSION_MODEL wrapper) with this file's own block patches: at a skipped
+step t after computed step c, the last block must leave ``S(t) + O(c) - S(c)`` (S: the image
+stream into the first block, O: the image stream out of the last).
+"""
+import copy
+import json
+
+import pytest
+import torch
+
+import comfy.patcher_extension
+import comfy.sample
+from comfyui_magcache.nodes.magcache_nodes import MagCacheApply, MagCacheCalibrate, MagCacheRatios, calibration_store
+from comfyui_magcache.nodes.patching import RUN_KEY
+from comfyui_magcache.nodes.teacache_nodes import TeaCacheApply
+from comfyui_magcache.strategies import detect
+import tiny_zoo
+
+WMP = comfy.patcher_extension.WrappersMP
+STEPS = 6
+# Flat ratios, threshold 1, retention 0, K 2: steps 1, 2 skip, 3 computes, 4, 5 skip.
+FORCED_COMPUTED = [0, 3]
+
+# name -> (strategy, MagCache auto preset, TeaCache auto preset, single-block token order:
+#          "txt_first" / "img_first" / None when the last block is a double block)
+TABLE = {
+    "flux": ("flux", "flux", "flux", "txt_first"),
+    "flux_schnell": ("flux", None, None, "txt_first"),
+    "flux2": ("flux2", None, None, "txt_first"),
+    "chroma": ("chroma", "chroma", None, "txt_first"),
+    "chroma_radiance": ("chroma_radiance", None, None, "txt_first"),
+    "qwen_image": ("qwen_image", "qwen_image", None, None),
+    "hunyuan_video": ("hunyuan_video", "hunyuan_video", "hunyuan_video", "img_first"),
+    "hunyuan_video15": ("hunyuan_video", "hunyuan_video1.5", None, "img_first"),
+    "hunyuan_image21": ("hunyuan_video", None, None, "img_first"),
+    "wan21_t2v": ("wan", None, None, None),
+    "wan21_i2v": ("wan", None, None, None),
+    "wan21_vace": ("wan", None, None, None),
+    "wan22_ti2v_5b": ("wan", None, None, None),
+    "ltxv": ("ltxv", None, "ltxv", None),
+    "sd3": ("sd3", None, None, None),
+    "mochi": ("mochi", None, None, None),
+    "auraflow": ("auraflow", None, None, "txt_first"),
+    "lumina2": ("lumina2", None, "lumina_2", "model"),
+    "zimage": ("lumina2", None, None, "model"),
+    "hidream": ("hidream", None, "hidream_i1_full", "model"),
+    "cosmos_predict2": ("generic", None, None, "model"),
+    "omnigen2": ("generic", None, None, "model"),
+    "hunyuan_dit": ("generic", None, None, "model"),
+    "pixart": ("generic", None, None, "model"),
+    "sdxl": ("generic", None, None, "model"),
+    "sd15": ("generic", None, None, "model"),
+}
+NAMES = [n for n in TABLE if n in tiny_zoo.ZOO]
+
+
+def flat_ratios():
+    return MagCacheRatios().parse(json.dumps([1.0] * STEPS))[0]
+
+
+def forced(model):
+    return MagCacheApply().apply(model, "auto", 1.0, 0.0, 2, ratios=flat_ratios())[0]
+
+
+class Recorder:
+    """An outer DIFFUSION_MODEL wrapper: every call's inputs and output, by step."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, executor, *args, **kwargs):
+        to = kwargs["transformer_options"]
+        step = to["sample_sigmas"].tolist().index(float(to["sigmas"][0]))
+        out = executor(*args, **kwargs)
+        self.calls.append((step, copy.copy(args), dict(kwargs), out.detach().clone()))
+        return out
+
+    def attach(self, model):
+        m = model.clone()
+        m.add_wrapper_with_key(WMP.DIFFUSION_MODEL, "test-recorder", self)
+        return m
+
+    def call(self, step):
+        found = [c for c in self.calls if c[0] == step]
+        assert len(found) == 1, f"expected one (batched) call at step {step}, got {len(found)}"
+        return found[0]
+
+
+def block_modules(model, strategy):
+    dm = model.model.diffusion_model
+    return [getattr(dm, strategy.double_blocks if kind == "double_block" else strategy.single_blocks)[i]
+            for kind, i in strategy.block_keys]
+
+
+class ModuleCalls:
+    def __init__(self, modules):
+        self.count = [0] * len(modules)
+        self.handles = [m.register_forward_pre_hook(self._hook(i)) for i, m in enumerate(modules)]
+
+    def _hook(self, i):
+        def hook(module, args):
+            self.count[i] += 1
+        return hook
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def run_unpatched(model, call, patches):
+    """The diffusion model on a recorded call's inputs, with this test's block patches only."""
+    _, args, kwargs, _ = call
+    kwargs = dict(kwargs)
+    to = {k: v for k, v in kwargs["transformer_options"].items() if k != RUN_KEY}
+    to["patches_replace"] = {"dit": patches}
+    kwargs["transformer_options"] = to
+    with torch.no_grad():
+        return model.model.diffusion_model(*args, **kwargs)
+
+
+def image_tokens(x, n, order):
+    if x.shape[1] == n or order is None:
+        return x
+    return x[:, -n:] if order == "txt_first" else x[:, :n]
+
+
+def with_image_tokens(x, stream, order):
+    if x.shape[1] == stream.shape[1] or order is None:
+        return stream
+    n = stream.shape[1]
+    return torch.cat((x[:, :-n], stream), 1) if order == "txt_first" else torch.cat((stream, x[:, n:]), 1)
+
+
+def oracle(model, strategy, rec, c, t, order):
+    keys = strategy.block_keys
+    seen = {}
+
+    def observe(key):
+        def patch(args, extra):
+            if key == keys[0]:
+                seen["S"] = args["img"].clone()           # before the block: FLUX updates it in place
+            out = extra["original_block"](args)
+            if key == keys[-1]:
+                seen["O"] = image_tokens(out["img"], seen["S"].shape[1], order).clone()
+            return out
+        return patch
+    run_unpatched(model, rec.call(c), {k: observe(k) for k in keys})
+    residual = seen["O"] - seen["S"]
+
+    def replay(key):
+        def patch(args, extra):
+            if key == keys[0]:
+                seen["St"] = args["img"]
+            out = {k: args[k] for k in ("img", "txt") if k in args}
+            if key == keys[-1]:
+                out["img"] = with_image_tokens(args["img"], seen["St"] + residual, order)
+            return out
+        return patch
+    return run_unpatched(model, rec.call(t), {k: replay(k) for k in keys})
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def arch(request):
+    return request.param, tiny_zoo.build(request.param)
+
+
+def test_detection(arch):
+    name, model = arch
+    strategy_name, mag, tea, _ = TABLE[name]
+    s = detect(model)
+    assert s.name == strategy_name
+    assert s.auto_preset(model, "magcache")[0] == mag
+    assert s.auto_preset(model, "teacache")[0] == tea
+
+
+def test_threshold_zero_and_calibration_are_bit_identical(arch):
+    name, model = arch
+    ref = tiny_zoo.sample(name, model, steps=4)
+    zero = MagCacheApply().apply(model, "auto", 0.0, 0.0, 4, ratios=flat_ratios())[0]
+    assert torch.equal(tiny_zoo.sample(name, zero, steps=4), ref)
+    cal = MagCacheCalibrate().calibrate(model, f"exact {name}")[0]
+    assert torch.equal(tiny_zoo.sample(name, cal, steps=4), ref)
+    s = detect(model)
+    if s.supports_teacache:
+        preset = TABLE[name][2] or next(iter(s.tea_presets), None)
+        if preset is not None:
+            tea = TeaCacheApply().apply(model, preset, 0.0)[0]
+            assert torch.equal(tiny_zoo.sample(name, tea, steps=4), ref)
+
+
+def test_forced_skips_run_no_block_and_follow_the_residual_path(arch):
+    name, model = arch
+    s = detect(model)
+    rec = Recorder()
+    patched = rec.attach(forced(model))
+    if s.level == "blocks":
+        counter = ModuleCalls(block_modules(model, s))
+    else:
+        dm = model.model.diffusion_model
+        first_leaf = next(m for m in dm.modules() if next(m.parameters(recurse=False), None) is not None)
+        counter = ModuleCalls([first_leaf])
+    try:
+        out = tiny_zoo.sample(name, patched, steps=STEPS)
+    finally:
+        counter.close()
+    assert torch.isfinite(out).all()
+    assert sorted({c[0] for c in rec.calls}) == list(range(STEPS))       # one batched call per step
+    # Each block (or, cached as a whole model, the model) ran once per computed step, never on a skipped one.
+    assert counter.count == [len(FORCED_COMPUTED)] * len(counter.count)
+    order = TABLE[name][3]
+    for c, t in ((0, 1), (0, 2), (3, 5)):
+        got = rec.call(t)[3]
+        if order == "model":
+            x_t, x_c, out_c = rec.call(t)[1][0], rec.call(c)[1][0], rec.call(c)[3]
+            ch = out_c.shape[1]
+            expected = x_t[:, :ch] + (out_c - x_c[:, :ch])
+        else:
+            expected = oracle(model, s, rec, c, t, order)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_calibration_has_one_ratio_per_step_per_cond(arch):
+    name, model = arch
+    tiny_zoo.sample(name, MagCacheCalibrate().calibrate(model, f"zoo {name}")[0], steps=5)
+    doc = json.load(open(calibration_store().path(f"zoo {name}")))
+    assert doc["steps"] == 5 and doc["model"] == TABLE[name][0]
+    assert sorted(doc["mag_ratios"]) == ["cond", "uncond"]
+    assert all(len(v) == 5 and v[0] == 1.0 for v in doc["mag_ratios"].values())
+    assert any(r != 1.0 for v in doc["mag_ratios"].values() for r in v[1:])
