@@ -5,7 +5,9 @@ Per cond entry, on every model call:
     accumulated += poly(d)                      (the model's fitted polynomial, numpy.poly1d order)
     skip while accumulated < rel_l1_thresh; a computed step resets accumulated to 0
 x_prev is updated on every step, skipped or not. The first and the last step of a run always
-compute, as do steps outside the start/end window. ``max_skips`` (optional, not in the paper)
+compute, as do steps outside the start/end window. rel_l1_thresh 0 never skips (as the authors'
+node, which then leaves the model alone): several published polynomials are negative near 0, so
+the raw rule would skip on ``accumulated < 0`` even then. ``max_skips`` (optional, not in the paper)
 caps how many steps in a row may skip.
 
 Decisions are per cond entry, so a CFG batch and two separate forwards decide alike: a batched
@@ -79,7 +81,7 @@ class TeaCacheRule:
         st = self._state.setdefault(key, _KeyState())
         previous, st.previous = st.previous, modulated.detach().clone()
         if (previous is None or previous.shape != modulated.shape or not in_window
-                or step <= self.first_step or step >= self.last_step):
+                or step <= self.first_step or step >= self.last_step or self.params.rel_l1_thresh <= 0):
             st.reset()
             return False
         d = poly1d(self.params.coefficients, float(relative_l1(modulated, previous)))

@@ -3,10 +3,12 @@
 * OUTER_SAMPLE wrapper: makes this run's ``RunState`` when sampling starts (finding where the
   sampler's sigmas sit in the whole schedule, see ``schedule.py``), puts it in the guider's
   (per-run) transformer_options, and drops it in ``finally`` (errors, interrupts).
-* DIFFUSION_MODEL wrapper: per model call, finds the step from ``transformer_options["sigmas"]``
-  and the conds from ``["uuids"]`` / ``["cond_or_uncond"]``, and opens a call context. For a
-  model-level strategy (no block patches) it also does the caching: a skipped call returns
-  ``input + cached (output - input)`` without running the model.
+* APPLY_MODEL wrapper (every ComfyUI model goes through it; several DiTs have no DIFFUSION_MODEL
+  wrapper): per model call, finds the step from ``transformer_options["sigmas"]`` and the conds
+  from ``["uuids"]`` / ``["cond_or_uncond"]``, and opens a call context. For a model-level
+  strategy (no block patches) it also does the caching, in noise-prediction space: the cached
+  residual is ``(denoised - x) / sigma``, so a skipped call returns ``x - sigma * eps_cached``
+  without running the model.
 * Block strategies: one block-replace patch per transformer block (``patches_replace["dit"]``):
   the first block notes the image stream (and TeaCache's modulated input), a skipped call passes
   every block through and the last block returns ``stream_in + cached residual``; a computed call
@@ -41,16 +43,15 @@ class Run:
     state: RunState
     strategy: Strategy
     diffusion_model: object
-    out_channels: int | None = None      # model-level: output channels, when fewer than the input's
 
 
 def patch_model(model, strategy: Strategy, config: RunConfig, on_success=None):
     """A clone of ``model`` that runs ``config``; ``model`` itself is left as it was."""
     m = model.clone()
-    for wrapper_type in (WMP.OUTER_SAMPLE, WMP.DIFFUSION_MODEL):
+    for wrapper_type in (WMP.OUTER_SAMPLE, WMP.APPLY_MODEL, WMP.DIFFUSION_MODEL):
         m.remove_wrappers_with_key(wrapper_type, KEY)      # re-applying replaces, never stacks
     m.add_wrapper_with_key(WMP.OUTER_SAMPLE, KEY, functools.partial(_outer_sample, config, strategy, on_success))
-    m.add_wrapper_with_key(WMP.DIFFUSION_MODEL, KEY, _diffusion_model)
+    m.add_wrapper_with_key(WMP.APPLY_MODEL, KEY, _apply_model)
     existing = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     # Our own block patches from an earlier apply: unwrap them back to what they wrapped.
     for key, patch in list(existing.items()):
@@ -97,55 +98,45 @@ def _outer_sample(config: RunConfig, strategy: Strategy, on_success, executor, *
 
 
 def _transformer_options(args, kwargs) -> dict | None:
+    """BaseModel.apply_model passes transformer_options positionally (after control); accept both."""
     to = kwargs.get("transformer_options")
     if isinstance(to, dict):
         return to
-    for a in reversed(args):
-        if isinstance(a, dict) and "cond_or_uncond" in a:
-            return a
-    return None
+    return next((a for a in args if isinstance(a, dict) and "cond_or_uncond" in a), None)
 
 
-def _diffusion_model(executor, *args, **kwargs):
+def _apply_model(executor, x, t, *args, **kwargs):
     to = _transformer_options(args, kwargs)
-    run: Run | None = to.get(RUN_KEY) if to else None
-    if run is None or to.get("sigmas") is None:
-        return executor(*args, **kwargs)
+    run: Run | None = to.get(RUN_KEY) if isinstance(to, dict) else None
+    if run is None:
+        return executor(x, t, *args, **kwargs)
     kinds = list(to.get("cond_or_uncond") or [0])
     keys = list(to.get("uuids") or [])
     if len(keys) != len(kinds) or None in keys or len(set(keys)) != len(keys):
         keys = list(range(len(kinds))) if len(set(kinds)) != len(kinds) else kinds
     state = run.state
-    ctx = state.begin_call(float(to["sigmas"][0]), keys, kinds)
+    ctx = state.begin_call(float(t.flatten()[0]), keys, kinds)
     try:
         if run.strategy.level == "model":
-            return _model_level_call(run, ctx, executor, args, kwargs)
-        return executor(*args, **kwargs)
+            return _model_level_call(run, ctx, executor, x, t, args, kwargs)
+        return executor(x, t, *args, **kwargs)
     finally:
         state.end_call(ctx)
 
 
-def _model_level_call(run: Run, ctx, executor, args, kwargs):
-    """Cache the whole model: residual = output - input (the input cut to the output's channels)."""
-    x = args[0]
-    stream = x[:, : run.out_channels] if run.out_channels else x
+def _model_level_call(run: Run, ctx, executor, x, sigma, args, kwargs):
+    """Cache the whole model in noise-prediction space: residual (denoised - x) / sigma."""
+    s = sigma.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
     modulated = None
     if run.state.needs_modulated_input:
-        timestep = args[1] if len(args) > 1 else kwargs.get("timesteps", kwargs.get("t"))
-        modulated = run.strategy.model_indicator(run.diffusion_model, x, timestep)
-    run.state.enter_blocks(ctx, stream, modulated)
+        base = executor.class_obj
+        modulated = run.strategy.model_indicator(run.diffusion_model, x, base.model_sampling.timestep(sigma).float())
+    run.state.enter_blocks(ctx, x / s, modulated)
     if ctx.skip:
-        return ctx.skip_out
-    out = executor(*args, **kwargs)
-    if out.shape != ctx.stream_in.shape:
-        if out.shape[0] == x.shape[0] and out.shape[2:] == x.shape[2:] and out.shape[1] < x.shape[1]:
-            run.out_channels = out.shape[1]            # concat-conditioned input (I2V, inpainting)
-            ctx.stream_in = ctx.stream_in[:, : out.shape[1]]
-        else:
-            ctx.skip_keys = set()                      # output unlike the input: nothing to cache
-            return out
-    mixed = run.state.leave_blocks(ctx, out)
-    return out if mixed is None else mixed
+        return ctx.skip_out * s
+    denoised = executor(x, sigma, *args, **kwargs)
+    mixed = run.state.leave_blocks(ctx, denoised / s)
+    return denoised if mixed is None else mixed * s
 
 
 class BlockPatch:
@@ -168,7 +159,12 @@ class BlockPatch:
             modulated = s.modulated_input(run.diffusion_model, args) if state.needs_modulated_input else None
             state.enter_blocks(ctx, s.stream_in(self.key, args), modulated)
         if ctx.skip:                       # every block passes through; the last returns input + residual
-            return s.with_stream(self.key, args, ctx.skip_out) if self.last else s.passthrough(self.key, args)
+            if self.last:
+                return s.with_stream(self.key, args, ctx.skip_out)
+            out = s.passthrough(self.key, args)
+            if self.first:                 # a copy: models add to the stream in place between blocks (VACE
+                out["img"] = out["img"].clone()    # hints), which must not reach the embedding they reuse
+            return out
         out = self._compute(args, extra)
         if self.last:
             mixed = state.leave_blocks(ctx, s.stream_out(self.key, out, ctx.stream_in.shape[1]))

@@ -2,8 +2,8 @@
 a forced skip schedule (no block runs on a skipped step; the output is the residual-path math,
 checked against an oracle written here from the model's own blocks), TeaCache, and calibration.
 
-The oracle re-runs the unpatched diffusion model on the exact inputs the patched run gave it
-(recorded by an outer DIFFUSION_MODEL wrapper) with this file's own block patches: at a skipped
+The oracle re-runs the unpatched model on the exact inputs the patched run gave it (recorded by
+an outer APPLY_MODEL wrapper) with this file's own block patches: at a skipped
 step t after computed step c, the last block must leave ``S(t) + O(c) - S(c)`` (S: the image
 stream into the first block, O: the image stream out of the last).
 """
@@ -67,28 +67,33 @@ def forced(model):
     return MagCacheApply().apply(model, "auto", 1.0, 0.0, 2, ratios=flat_ratios())[0]
 
 
+def transformer_options(args, kwargs):
+    """BaseModel.apply_model passes it positionally."""
+    if "transformer_options" in kwargs:
+        return kwargs["transformer_options"]
+    return next(a for a in args if isinstance(a, dict) and "cond_or_uncond" in a)
+
+
 class Recorder:
-    """An outer DIFFUSION_MODEL wrapper: every call's inputs and output, by step."""
+    """An outer APPLY_MODEL wrapper: every model call's inputs and output, by step and conds."""
 
     def __init__(self):
         self.calls = []
 
-    def __call__(self, executor, *args, **kwargs):
-        to = kwargs["transformer_options"]
+    def __call__(self, executor, x, t, *args, **kwargs):
+        to = transformer_options(args, kwargs)
         step = to["sample_sigmas"].tolist().index(float(to["sigmas"][0]))
-        out = executor(*args, **kwargs)
-        self.calls.append((step, copy.copy(args), dict(kwargs), out.detach().clone()))
+        out = executor(x, t, *args, **kwargs)
+        self.calls.append((step, tuple(to["cond_or_uncond"]), (x, t) + args, dict(kwargs), out.detach().clone()))
         return out
 
     def attach(self, model):
         m = model.clone()
-        m.add_wrapper_with_key(WMP.DIFFUSION_MODEL, "test-recorder", self)
+        m.add_wrapper_with_key(WMP.APPLY_MODEL, "test-recorder", self)
         return m
 
-    def call(self, step):
-        found = [c for c in self.calls if c[0] == step]
-        assert len(found) == 1, f"expected one (batched) call at step {step}, got {len(found)}"
-        return found[0]
+    def at(self, step):
+        return {c[1]: c for c in self.calls if c[0] == step}
 
 
 def block_modules(model, strategy):
@@ -113,14 +118,17 @@ class ModuleCalls:
 
 
 def run_unpatched(model, call, patches):
-    """The diffusion model on a recorded call's inputs, with this test's block patches only."""
-    _, args, kwargs, _ = call
-    kwargs = dict(kwargs)
-    to = {k: v for k, v in kwargs["transformer_options"].items() if k != RUN_KEY}
+    """The model on a recorded call's inputs, with this test's block patches only (no wrappers)."""
+    _, _, args, kwargs, _ = call
+    old = transformer_options(args, kwargs)
+    to = {k: v for k, v in old.items() if k not in (RUN_KEY, "wrappers")}
     to["patches_replace"] = {"dit": patches}
-    kwargs["transformer_options"] = to
+    if "transformer_options" in kwargs:
+        kwargs = dict(kwargs, transformer_options=to)
+    else:
+        args = tuple(to if a is old else a for a in args)
     with torch.no_grad():
-        return model.model.diffusion_model(*args, **kwargs)
+        return model.model.apply_model(*args, **kwargs)
 
 
 def image_tokens(x, n, order):
@@ -136,7 +144,7 @@ def with_image_tokens(x, stream, order):
     return torch.cat((x[:, :-n], stream), 1) if order == "txt_first" else torch.cat((stream, x[:, n:]), 1)
 
 
-def oracle(model, strategy, rec, c, t, order):
+def oracle(model, strategy, call_c, call_t, order):
     keys = strategy.block_keys
     seen = {}
 
@@ -149,19 +157,20 @@ def oracle(model, strategy, rec, c, t, order):
                 seen["O"] = image_tokens(out["img"], seen["S"].shape[1], order).clone()
             return out
         return patch
-    run_unpatched(model, rec.call(c), {k: observe(k) for k in keys})
+    run_unpatched(model, call_c, {k: observe(k) for k in keys})
     residual = seen["O"] - seen["S"]
 
     def replay(key):
         def patch(args, extra):
-            if key == keys[0]:
-                seen["St"] = args["img"]
             out = {k: args[k] for k in ("img", "txt") if k in args}
+            if key == keys[0]:
+                seen["St"] = args["img"].clone()
+                out["img"] = args["img"].clone()          # as a block would: a new tensor, not the embedding
             if key == keys[-1]:
                 out["img"] = with_image_tokens(args["img"], seen["St"] + residual, order)
             return out
         return patch
-    return run_unpatched(model, rec.call(t), {k: replay(k) for k in keys})
+    return run_unpatched(model, call_t, {k: replay(k) for k in keys})
 
 
 @pytest.fixture(scope="module", params=NAMES)
@@ -180,24 +189,24 @@ def test_detection(arch):
 
 def test_threshold_zero_and_calibration_are_bit_identical(arch):
     name, model = arch
-    ref = tiny_zoo.sample(name, model, steps=4)
+    ref = tiny_zoo.sample(model, name, steps=4)
     zero = MagCacheApply().apply(model, "auto", 0.0, 0.0, 4, ratios=flat_ratios())[0]
-    assert torch.equal(tiny_zoo.sample(name, zero, steps=4), ref)
+    assert torch.equal(tiny_zoo.sample(zero, name, steps=4), ref)
     cal = MagCacheCalibrate().calibrate(model, f"exact {name}")[0]
-    assert torch.equal(tiny_zoo.sample(name, cal, steps=4), ref)
+    assert torch.equal(tiny_zoo.sample(cal, name, steps=4), ref)
     s = detect(model)
     if s.supports_teacache:
         preset = TABLE[name][2] or next(iter(s.tea_presets), None)
         if preset is not None:
             tea = TeaCacheApply().apply(model, preset, 0.0)[0]
-            assert torch.equal(tiny_zoo.sample(name, tea, steps=4), ref)
+            assert torch.equal(tiny_zoo.sample(tea, name, steps=4), ref)
 
 
 def test_forced_skips_run_no_block_and_follow_the_residual_path(arch):
     name, model = arch
     s = detect(model)
     rec = Recorder()
-    patched = rec.attach(forced(model))
+    patched = forced(rec.attach(model))          # the recorder outside ours: it sees skipped calls too
     if s.level == "blocks":
         counter = ModuleCalls(block_modules(model, s))
     else:
@@ -205,28 +214,31 @@ def test_forced_skips_run_no_block_and_follow_the_residual_path(arch):
         first_leaf = next(m for m in dm.modules() if next(m.parameters(recurse=False), None) is not None)
         counter = ModuleCalls([first_leaf])
     try:
-        out = tiny_zoo.sample(name, patched, steps=STEPS)
+        out = tiny_zoo.sample(patched, name, steps=STEPS)
     finally:
         counter.close()
     assert torch.isfinite(out).all()
-    assert sorted({c[0] for c in rec.calls}) == list(range(STEPS))       # one batched call per step
-    # Each block (or, cached as a whole model, the model) ran once per computed step, never on a skipped one.
-    assert counter.count == [len(FORCED_COMPUTED)] * len(counter.count)
+    assert sorted({c[0] for c in rec.calls}) == list(range(STEPS))
+    calls_per_step = len(rec.at(0))                       # 1 with cond and uncond batched, 2 when split
+    # Each block (or, cached as a whole model, the model) ran on the computed steps only.
+    assert counter.count == [len(FORCED_COMPUTED) * calls_per_step] * len(counter.count)
     order = TABLE[name][3]
     for c, t in ((0, 1), (0, 2), (3, 5)):
-        got = rec.call(t)[3]
-        if order == "model":
-            x_t, x_c, out_c = rec.call(t)[1][0], rec.call(c)[1][0], rec.call(c)[3]
-            ch = out_c.shape[1]
-            expected = x_t[:, :ch] + (out_c - x_c[:, :ch])
-        else:
-            expected = oracle(model, s, rec, c, t, order)
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        for conds_key, call_t in rec.at(t).items():
+            call_c = rec.at(c)[conds_key]
+            got = call_t[4]
+            if order == "model":                          # x_t + sigma_t / sigma_c * (denoised_c - x_c)
+                (x_t, s_t), (x_c, s_c) = call_t[2][:2], call_c[2][:2]
+                shape = (-1,) + (1,) * (x_t.dim() - 1)
+                expected = x_t + s_t.reshape(shape) / s_c.reshape(shape) * (call_c[4] - x_c)
+            else:
+                expected = oracle(model, s, call_c, call_t, order)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_calibration_has_one_ratio_per_step_per_cond(arch):
     name, model = arch
-    tiny_zoo.sample(name, MagCacheCalibrate().calibrate(model, f"zoo {name}")[0], steps=5)
+    tiny_zoo.sample(MagCacheCalibrate().calibrate(model, f"zoo {name}")[0], name, steps=5)
     doc = json.load(open(calibration_store().path(f"zoo {name}")))
     assert doc["steps"] == 5 and doc["model"] == TABLE[name][0]
     assert sorted(doc["mag_ratios"]) == ["cond", "uncond"]

@@ -137,3 +137,12 @@ def test_run_state_offset_indexes_the_whole_schedule():
     assert [run.step_index(s) for s in full[4:8]] == [4, 5, 6, 7]
     with pytest.raises(ValueError, match="outside a 8-step schedule"):
         RunStateFromModule(RunConfig("calibrate"), full[2:], offset=4, total_steps=8)
+
+
+def test_threshold_zero_never_skips_even_with_a_negative_polynomial():
+    # The Wan 2.1 1.3B ret_mode polynomial is negative for small changes: raw accumulation would skip.
+    coeffs = (-52186.2437, 9230.41404, -528.275948, 13.6987616, -0.0499875664)
+    assert poly1d(coeffs, 0.001) < 0
+    xs = inputs_with_changes([0.0009765625] * 9)
+    assert teacache_schedule(TeaCacheParams(0.0, coeffs), xs) == list(range(10))
+    assert teacache_schedule(TeaCacheParams(0.01, coeffs), xs) == [0, 9]

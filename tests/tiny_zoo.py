@@ -1,0 +1,339 @@
+"""A zoo of tiny ComfyUI models: ComfyUI's own model classes (0.3.75) at toy sizes, random weights, CPU float32.
+
+Each ``ZOO`` entry names a ``comfy.supported_models`` class and a tiny ``unet_config`` for it, plus what it takes
+to sample it: the text width, the extra cond keys its ``model_base`` class needs, and the latent shape.
+
+    model = build("flux")                       # ModelPatcher around the real comfy.model_base.Flux
+    positive, negative = conds("flux")          # [[tensor, {extra}]] CONDITIONING lists
+    out = sample(model, "flux", steps=3, cfg=3.0)   # or simply sample("flux")
+
+ComfyUI must already be importable with ``comfy.cli_args.args.cpu = True`` set before ``comfy.model_management``
+is imported (tests/conftest.py does both); this module does not touch sys.path.
+
+Every entry samples 3 euler steps at cfg 3 in 0.02-0.16 s on CPU (after a one-off ~0.2 s first call in a
+process) and gives a finite result of the latent's shape.
+
+Gotchas
+-------
+* Flux-derived ``model_base`` classes (Flux2, Chroma, ChromaRadiance) and HunyuanVideo15 read
+  ``kwargs["pooled_output"]`` unconditionally: the cond must carry ``pooled_output`` (``None`` when the net has no
+  vector input).
+* LTXV, Mochi and OmniGen2 need ``attention_mask`` in the cond (a positional forward argument, or the only source
+  of ``num_tokens``). HiDream needs ``conditioning_llama3``; Hunyuan DiT needs ``attention_mask``,
+  ``conditioning_mt5xl`` and ``attention_mask_mt5xl`` (its mT5 length is fixed at ``text_len_t5``).
+* Latent channels must match the class's latent_format (Flux2 128, LTXV 128, Wan22 48, HunyuanImage21 64,
+  HunyuanVideo15 32, Mochi 12, ChromaRadiance 3 pixels); Qwen Image and Cosmos Predict2 use the Wan21 format and
+  therefore a 5-D (B, 16, 1, H, W) latent.
+* ``BASE.__init__`` overwrites unet_config with the class's ``unet_extra_config`` (SDXL: num_head_channels 64,
+  SD15: num_heads 8), so those cannot be shrunk through unet_config.
+* Weights are N(0, ``init_std``). 0.05 (tiny_models.py's value) leaves the text nearly without effect on several
+  DiTs, hence 0.1 by default; EPS/v-prediction models (SD15, SDXL, PixArt, Hunyuan DiT) keep 0.05. Their output
+  is large (|x| 5-1000): an untrained eps-predictor leaves sigma_max-scaled noise, and process_latent_out divides
+  by the VAE scale. ChromaRadiance's output barely depends on the text even at 0.2 (its NeRF head normalises the
+  generated weights), so use it for plumbing, not for cond/uncond differences.
+* On a CPU shared with another busy process, torch's intra-op threads turn every op into a ~10 ms stall (a 3-step
+  run then takes seconds); ``torch.set_num_threads(1)`` avoids it.
+* ``dit`` below is what the diffusion model asks of ``transformer_options["patches_replace"]["dit"]`` per forward
+  ({key kind: count}, measured by ``dit_replace_keys``). Lumina2, Z-Image, HiDream, Cosmos Predict2, OmniGen2,
+  PixArt and the UNets do not use that hook (the UNets use patches_replace["attn1"/"attn2"] instead). Block lists:
+  Flux/Chroma/Hunyuan* double_blocks + single_blocks, Wan blocks (VACE's vace_blocks are not hooked), LTXV and
+  Qwen transformer_blocks, Mochi/Hunyuan DiT/Cosmos/PixArt blocks, SD3 joint_blocks, AuraFlow double_layers +
+  single_layers, Lumina2/Z-Image/OmniGen2 layers (+ refiners), HiDream double_stream_blocks + single_stream_blocks.
+
+Left out: none of the requested entries had to be (``LEFT_OUT`` is empty).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+import comfy.model_patcher
+import comfy.sample
+import comfy.supported_models as sm
+
+CPU = torch.device("cpu")
+
+
+def _none(g, tokens):
+    return {}
+
+
+@dataclass
+class Entry:
+    config_cls: type                     # a comfy.supported_models class
+    unet_config: dict                    # tiny config, passed to config_cls(...)
+    context_dim: int                     # width of the text tokens (c_crossattn)
+    latent_shape: tuple                  # batch of 1; channels must match the class's latent_format
+    extra: Callable = _none              # extra(generator, tokens) -> dict of extra cond keys
+    init_std: float = 0.1                # std of the random weights
+    dit: dict = field(default_factory=dict)   # patches_replace["dit"] keys asked per forward: {kind: count}
+    notes: str = ""
+
+
+def _pooled(dim, **more):
+    """Extra keys: a random pooled_output of width `dim`, plus constants such as guidance."""
+    return lambda g, tokens: {"pooled_output": torch.randn(1, dim, generator=g), **more}
+
+
+def _no_pooled(**more):
+    """Extra keys: pooled_output=None, for model_base classes that read it unconditionally but have no vector input."""
+    return lambda g, tokens: {"pooled_output": None, **more}
+
+
+def _mask(**more):
+    """Extra keys: an all-ones text attention mask."""
+    return lambda g, tokens: {"attention_mask": torch.ones(1, tokens, dtype=torch.long), **more}
+
+
+def _blocks(double=0, single=0):
+    return {k: v for k, v in (("double_block", double), ("single_block", single)) if v}
+
+
+# Shared tiny configs: width 64, 2 heads (head dim 32), rope axes summing to 32, text width 32.
+FLUX_BASE = dict(in_channels=16, out_channels=16, context_in_dim=32, hidden_size=64, mlp_ratio=2.0, num_heads=2,
+                 depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12], theta=10000, qkv_bias=True, patch_size=2)
+HV_BASE = dict(image_model="hunyuan_video", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=32,
+               hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12],
+               theta=256, patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=True, byt5=False, meanflow=False,
+               use_cond_type_embedding=False, vision_in_dim=None)
+WAN_BASE = dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), text_len=16, in_dim=16, dim=64,
+                ffn_dim=128, freq_dim=32, text_dim=32, out_dim=16, num_heads=2, num_layers=2, window_size=(-1, -1),
+                qk_norm=True, cross_attn_norm=True, eps=1e-6)
+LUMINA_BASE = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=64, n_layers=2, n_refiner_layers=1,
+                   n_heads=2, n_kv_heads=1, multiple_of=16, ffn_dim_multiplier=2.0, qk_norm=True, cap_feat_dim=32,
+                   axes_dims=[8, 12, 12], axes_lens=[64, 64, 64], rope_theta=10000.0)
+UNET_BASE = dict(use_checkpoint=False, image_size=32, use_spatial_transformer=True, legacy=False, in_channels=4,
+                 out_channels=4, num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[0, 1],
+                 transformer_depth_output=[0, 0, 1, 1], transformer_depth_middle=1, use_temporal_resblock=False,
+                 use_temporal_attention=False)
+
+ZOO: dict[str, Entry] = {
+    # --- Flux family ---------------------------------------------------------------------------------------------
+    "flux": Entry(sm.Flux, dict(FLUX_BASE, image_model="flux", guidance_embed=True, vec_in_dim=32), 32,
+                  (1, 16, 16, 16), _pooled(32, guidance=3.5), dit=_blocks(2, 2)),
+    "flux_schnell": Entry(sm.FluxSchnell, dict(FLUX_BASE, image_model="flux", guidance_embed=False, vec_in_dim=32),
+                          32, (1, 16, 16, 16), _pooled(32), dit=_blocks(2, 2)),
+    # Flux2: 128-channel latent at patch 1, four rope axes, no vector input; model_base pads the text to 512 tokens.
+    "flux2": Entry(sm.Flux2, dict(image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None,
+                                  context_in_dim=32, hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=1,
+                                  depth_single_blocks=1, axes_dim=[8, 8, 8, 8], theta=2000, qkv_bias=False,
+                                  patch_size=1, guidance_embed=True, global_modulation=True, mlp_silu_act=True,
+                                  ops_bias=False, default_ref_method="index", ref_index_scale=10.0),
+                   32, (1, 128, 8, 8), _no_pooled(guidance=3.5), init_std=0.15, dit=_blocks(1, 1)),
+    # Chroma: in_channels is the packed 16*2*2; the distilled-guidance MLP maps 16+16+32=64 -> hidden_size.
+    "chroma": Entry(sm.Chroma, dict(FLUX_BASE, image_model="chroma", in_channels=64, out_channels=64, in_dim=64,
+                                    out_dim=64, hidden_dim=64, n_layers=1),
+                    32, (1, 16, 16, 16), _no_pooled(), dit=_blocks(2, 2)),
+    # Chroma Radiance: pixel space (3 channels), patch 16, so a 32x32 image is 2x2 patches; no NeRF tiling.
+    "chroma_radiance": Entry(sm.ChromaRadiance, dict(FLUX_BASE, image_model="chroma_radiance", in_channels=3,
+                                                     out_channels=3, depth=1, depth_single_blocks=1, patch_size=16,
+                                                     in_dim=64, out_dim=64, hidden_dim=64, n_layers=1,
+                                                     nerf_hidden_size=16, nerf_mlp_ratio=2, nerf_depth=1,
+                                                     nerf_max_freqs=4, nerf_tile_size=0,
+                                                     nerf_final_head_type="linear",
+                                                     nerf_embedder_dtype=torch.float32),
+                             32, (1, 3, 32, 32), _no_pooled(), init_std=0.2, dit=_blocks(1, 1),
+                             notes="text has almost no effect on the output"),
+    # --- Hunyuan ---------------------------------------------------------------------------------------------------
+    "hunyuan_video": Entry(sm.HunyuanVideo, dict(HV_BASE), 32, (1, 16, 1, 8, 8), _pooled(32, guidance=6.0),
+                           dit=_blocks(2, 2)),
+    # I2V: 16 noise + 16 image + 1 mask channels, filled by concat_keys ("concat_image", "mask_inverted").
+    "hunyuan_video_i2v": Entry(sm.HunyuanVideoI2V, dict(HV_BASE, in_channels=33), 32, (1, 16, 1, 8, 8),
+                               _pooled(32, guidance=6.0), dit=_blocks(2, 2)),
+    # 1.5: 32-channel latent, patch 1, in = 32 noise + 32 image + 1 mask (zeros without an image); no vector_in.
+    "hunyuan_video15": Entry(sm.HunyuanVideo15, dict(HV_BASE, in_channels=65, out_channels=32, vec_in_dim=None,
+                                                     patch_size=[1, 1, 1], use_cond_type_embedding=True,
+                                                     vision_in_dim=32),
+                             32, (1, 32, 1, 8, 8), _no_pooled(guidance=6.0), dit=_blocks(2, 2)),
+    # Image 2.1: 2-D patches (so two rope axes), 64-channel latent, no vector_in.
+    "hunyuan_image21": Entry(sm.HunyuanImage21, dict(HV_BASE, in_channels=64, out_channels=64, vec_in_dim=None,
+                                                     patch_size=[1, 1], axes_dim=[16, 16]),
+                             32, (1, 64, 8, 8), lambda g, t: {"guidance": 6.0}, dit=_blocks(2, 2)),
+    # --- Wan -------------------------------------------------------------------------------------------------------
+    "wan21_t2v": Entry(sm.WAN21_T2V, dict(WAN_BASE), 32, (1, 16, 1, 8, 8), dit=_blocks(2)),
+    # I2V: in_dim 36 = 16 noise + 4 mask + 16 image; model_base fills the concat with zeros when no image is given.
+    "wan21_i2v": Entry(sm.WAN21_I2V, dict(WAN_BASE, model_type="i2v", in_dim=36), 32, (1, 16, 1, 8, 8),
+                       dit=_blocks(2)),
+    # VACE: model_base builds vace_context from zeros/ones: 16*2 frame + 64 mask channels = vace_in_dim 96.
+    "wan21_vace": Entry(sm.WAN21_Vace, dict(WAN_BASE, model_type="vace", vace_in_dim=96, vace_layers=1), 32,
+                        (1, 16, 1, 8, 8), dit=_blocks(2)),
+    # Wan 2.2 TI2V 5B: 48-channel latent in and out.
+    "wan22_ti2v_5b": Entry(sm.WAN22_T2V, dict(WAN_BASE, in_dim=48, out_dim=48), 32, (1, 48, 1, 8, 8),
+                           dit=_blocks(2)),
+    # --- other video -------------------------------------------------------------------------------------------
+    # LTXV: inner dim = heads * head_dim = cross_attention_dim; attention_mask is a positional forward argument.
+    "ltxv": Entry(sm.LTXV, dict(image_model="ltxv", in_channels=128, cross_attention_dim=64, attention_head_dim=32,
+                                num_attention_heads=2, caption_channels=32, num_layers=2),
+                  32, (1, 128, 1, 4, 4), _mask(), dit=_blocks(2)),
+    # Mochi: a hard assert wants hidden_size_x * mlp_ratio_x == 1536*8 (hence ratio 192: the MLP dominates the
+    # 3.3M parameters); attention_mask is a required forward argument.
+    "mochi": Entry(sm.GenmoMochi, dict(image_model="mochi_preview", depth=2, patch_size=2, num_heads=2,
+                                       hidden_size_x=64, hidden_size_y=32, mlp_ratio_x=192.0, mlp_ratio_y=2.0,
+                                       learn_sigma=False, in_channels=12, qk_norm=True, qkv_bias=False, out_bias=True,
+                                       attn_drop=0.0, patch_embed_bias=True, posenc_preserve_area=True,
+                                       timestep_mlp_bias=True, attend_to_padding=False, timestep_scale=1000.0,
+                                       use_t5=True, t5_feat_dim=32, t5_token_length=8, rope_theta=10000.0),
+                   32, (1, 12, 1, 8, 8), _mask(), dit=_blocks(2)),
+    # --- image DiTs ----------------------------------------------------------------------------------------------
+    # SD3: MMDiT width is 64*depth (head dim 64); no pos_embed buffer -> sin-cos computed on the fly.
+    "sd3": Entry(sm.SD3, dict(in_channels=16, out_channels=16, patch_size=2, depth=2, input_size=None,
+                              adm_in_channels=32, pos_embed_scaling_factor=None, qk_norm="rms",
+                              context_embedder_config={"target": "torch.nn.Linear",
+                                                       "params": {"in_features": 32, "out_features": 128}}),
+                 32, (1, 16, 16, 16), _pooled(32), dit=_blocks(2)),
+    # AuraFlow: learned positional encoding over max_seq (a 16x16 grid of patches, >= the 8x8 used here).
+    "auraflow": Entry(sm.AuraFlow, dict(in_channels=4, out_channels=4, patch_size=2, dim=64, n_layers=3,
+                                        n_double_layers=1, n_heads=2, global_conddim=64, cond_seq_dim=32,
+                                        max_seq=256),
+                      32, (1, 4, 16, 16), dit=_blocks(1, 2)),
+    # Lumina 2 (NextDiT): head dim = sum(axes_dims); model_base takes num_tokens from c_crossattn.
+    "lumina2": Entry(sm.Lumina2, dict(LUMINA_BASE), 32, (1, 16, 16, 16)),
+    # Z-Image: NextDiT with z_image_modulation (adaLN input is min(dim, 256) but the t-embedder emits 256, so
+    # dim must be >= 256) and pad tokens.
+    "zimage": Entry(sm.ZImage, dict(LUMINA_BASE, dim=256, n_heads=4, n_kv_heads=4, axes_dims=[16, 24, 24],
+                                    z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=8),
+                    32, (1, 16, 16, 16)),
+    # Qwen Image: packed in_channels 16*2*2; Wan21 latent format -> 5-D latent.
+    "qwen_image": Entry(sm.QwenImage, dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16,
+                                           num_layers=2, attention_head_dim=32, num_attention_heads=2,
+                                           joint_attention_dim=32, axes_dims_rope=(8, 12, 12)),
+                        32, (1, 16, 1, 16, 16), init_std=0.15, dit=_blocks(2)),
+    # HiDream: context is the T5 stream; conditioning_llama3 is (1, n_llama_layers, tokens, llama_dim) and
+    # llama_layers picks one of them per block (num_layers + num_single_layers entries); pooled_output -> y.
+    "hidream": Entry(sm.HiDream, dict(image_model="hidream", patch_size=2, in_channels=16, out_channels=16,
+                                      num_layers=1, num_single_layers=1, attention_head_dim=32,
+                                      num_attention_heads=2, caption_channels=[32, 24], text_emb_dim=32,
+                                      num_routed_experts=2, num_activated_experts=1, axes_dims_rope=[8, 12, 12],
+                                      max_resolution=[32, 32], llama_layers=[0, 1]),
+                     32, (1, 16, 16, 16),
+                     lambda g, t: {"pooled_output": torch.randn(1, 32, generator=g),
+                                   "conditioning_llama3": torch.randn(1, 2, t, 24, generator=g)}),
+    # Cosmos Predict2 (T2I): Wan21 latent format -> 5-D latent; learnable rope3d, adaLN-LoRA as in the real model.
+    "cosmos_predict2": Entry(sm.CosmosT2IPredict2, dict(image_model="cosmos_predict2", max_img_h=64, max_img_w=64,
+                                                        max_frames=8, in_channels=16, out_channels=16,
+                                                        patch_spatial=2, patch_temporal=1, concat_padding_mask=True,
+                                                        model_channels=64, num_blocks=2, num_heads=2, mlp_ratio=2.0,
+                                                        crossattn_emb_channels=32, pos_emb_cls="rope3d",
+                                                        pos_emb_learnable=True, pos_emb_interpolation="crop",
+                                                        use_adaln_lora=True, adaln_lora_dim=16,
+                                                        extra_per_block_abs_pos_emb=False,
+                                                        rope_enable_fps_modulation=False),
+                             32, (1, 16, 1, 16, 16)),
+    # OmniGen2: forward needs num_tokens, which model_base only derives from an attention_mask.
+    "omnigen2": Entry(sm.Omnigen2, dict(image_model="omnigen2", patch_size=2, in_channels=16, out_channels=None,
+                                        hidden_size=64, num_layers=2, num_refiner_layers=1, num_attention_heads=2,
+                                        num_kv_heads=1, multiple_of=16, ffn_dim_multiplier=None, norm_eps=1e-5,
+                                        axes_dim_rope=[8, 12, 12], axes_lens=[64, 64, 64], text_feat_dim=32,
+                                        timestep_scale=1000.0),
+                      32, (1, 16, 16, 16), _mask()),
+    # Hunyuan DiT (v-prediction): CLIP stream (context, >= text_len tokens) + mT5 stream of exactly text_len_t5
+    # tokens (the attention pooler's positional table), both with masks.
+    "hunyuan_dit": Entry(sm.HunyuanDiT, dict(image_model="hydit", input_size=16, patch_size=2, in_channels=4,
+                                             hidden_size=64, depth=2, num_heads=2, mlp_ratio=2.0,
+                                             text_states_dim=32, text_states_dim_t5=24, text_len=4, text_len_t5=4),
+                         32, (1, 4, 16, 16),
+                         lambda g, t: {"attention_mask": torch.ones(1, t, dtype=torch.long),
+                                       "conditioning_mt5xl": torch.randn(1, 4, 24, generator=g),
+                                       "attention_mask_mt5xl": torch.ones(1, 4, dtype=torch.long)},
+                         init_std=0.05, dit=_blocks(2)),
+    # PixArt Sigma (EPS, no micro conditions). The pos-embed base size round((H+W)/2/64)*64 // patch is zero (a
+    # ZeroDivisionError) unless (H+W)/2 >= 48 (round(0.5) == 0), so a 48x48 latent; patch 4 keeps 12x12 tokens.
+    "pixart": Entry(sm.PixArtSigma, dict(image_model="pixart_sigma", input_size=48, patch_size=4, in_channels=4,
+                                         hidden_size=64, depth=2, num_heads=2, mlp_ratio=2.0, caption_channels=32,
+                                         pe_interpolation=1.0, model_max_length=8, micro_condition=False),
+                    32, (1, 4, 48, 48), init_std=0.05),
+    # --- UNets (EPS) ---------------------------------------------------------------------------------------------
+    # SDXL forces num_head_channels=64, hence model_channels 64; adm = pooled (32) + 6 size embeddings * 256.
+    "sdxl": Entry(sm.SDXL, dict(UNET_BASE, model_channels=64, use_linear_in_transformer=True, context_dim=32,
+                                adm_in_channels=32 + 6 * 256, num_classes="sequential"),
+                  32, (1, 4, 16, 16), _pooled(32, width=128, height=128), init_std=0.05),
+    # SD1.5 forces num_heads=8 -> head dim 4 at 32 channels.
+    "sd15": Entry(sm.SD15, dict(UNET_BASE, model_channels=32, use_linear_in_transformer=False, context_dim=32,
+                                adm_in_channels=None), 32, (1, 4, 16, 16), init_std=0.05),
+}
+
+# Requested entries that are not in ZOO, with the reason.
+LEFT_OUT: dict[str, str] = {}
+
+
+def build(name, seed=0, std=None) -> comfy.model_patcher.ModelPatcher:
+    """The tiny model `name` with weights drawn from N(0, std or the entry's init_std) (seeded), in a CPU ModelPatcher."""
+    e = ZOO[name]
+    torch.manual_seed(seed)
+    cfg = e.config_cls(dict(e.unet_config))
+    cfg.set_inference_dtype(torch.float32, None)
+    model = cfg.get_model({}, device=CPU)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.diffusion_model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (std or e.init_std))
+    model.diffusion_model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+
+
+def conds(name, seed=1, tokens=6):
+    """(positive, negative) CONDITIONING for `name`: random text tokens plus the entry's extra cond keys."""
+    e = ZOO[name]
+    g = torch.Generator().manual_seed(seed)
+    pos, neg = ([[torch.randn(1, tokens, e.context_dim, generator=g), e.extra(g, tokens)]] for _ in range(2))
+    return pos, neg
+
+
+def latent(name, batch=1):
+    """An empty (all-zero) latent of the entry's shape, as the Empty*Latent nodes make."""
+    return torch.zeros((batch,) + tuple(ZOO[name].latent_shape[1:]))
+
+
+def sample(model, name=None, steps=4, cfg=3.0, seed=3, sampler="euler", scheduler="simple", positive=None,
+           negative=None, denoise=1.0, callback=None):
+    """comfy.sample.sample on the entry's latent and conds. `model`: a ModelPatcher plus its zoo `name`, or a key."""
+    if isinstance(model, str):
+        name, model = model, build(model)
+    lat = latent(name)
+    if positive is None:
+        positive, negative = conds(name)
+    noise = comfy.sample.prepare_noise(lat, seed)
+    return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, lat,
+                               denoise=denoise, callback=callback, disable_pbar=True, seed=seed)
+
+
+class _ClaimAll(dict):
+    """Stands in for patches_replace["dit"]: claims every key, records it, and runs the original block."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __contains__(self, key):
+        return True
+
+    def get(self, key, default=None):
+        return self[key]
+
+    def __getitem__(self, key):
+        def patch(args, extra):
+            self.seen.append(key)
+            return extra["original_block"](args)
+        return patch
+
+
+def dit_replace_keys(model, name):
+    """{kind: count} of the keys the diffusion model asks patches_replace["dit"] for during one step (cfg 1)."""
+    rec = _ClaimAll()
+    m = model.clone()
+
+    def wrapper(apply_model, args):
+        c = dict(args["c"])
+        to = dict(c.get("transformer_options", {}))
+        to["patches_replace"] = {**to.get("patches_replace", {}), "dit": rec}
+        c["transformer_options"] = to
+        return apply_model(args["input"], args["timestep"], **c)
+
+    m.set_model_unet_function_wrapper(wrapper)
+    sample(m, name, steps=1, cfg=1.0)
+    kinds = {}
+    for kind, _ in dict.fromkeys(rec.seen):
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
