@@ -80,6 +80,11 @@ def test_object_info_lists_the_nodes(object_info):
     assert object_info["MagCacheRatios"]["output"] == ["MAGCACHE_RATIOS"]
     assert object_info["MagCacheDemoConditioning"]["output"] == ["CONDITIONING"]
     assert object_info["MagCacheApply"]["category"] == "MagCache"
+    tea = object_info["TeaCacheApply"]
+    assert tea["input_order"]["required"] == ["model", "preset", "rel_l1_thresh", "start_percent", "end_percent",
+                                              "cache_device"]
+    assert tea["input_order"]["optional"] == ["max_skip_steps"]
+    assert {"auto", "flux", "wan2.1_t2v_1.3B", "hunyuan_video", "ltxv", "lumina_2"} <= set(tea["input"]["required"]["preset"][0])
 
 
 def test_web_extension_is_served(server):

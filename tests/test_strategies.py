@@ -45,3 +45,16 @@ def test_flux_block_order_double_then_single():
 def test_not_a_model():
     with pytest.raises(MagCacheInputError, match=r"^model: expected a ComfyUI MODEL, got str"):
         detect("flux")
+
+
+def test_readme_support_table_is_generated_from_the_registry():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "docs" / "support_table.py"
+    spec = importlib.util.spec_from_file_location("support_table", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--check"]) == 0, "run: python docs/support_table.py"
+    from comfyui_magcache.strategies import STRATEGIES
+    for s in STRATEGIES:                                  # every strategy has a row
+        assert f"| {s.title} |" in mod.table()
