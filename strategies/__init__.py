@@ -14,6 +14,7 @@ from .flux import FluxStrategy
 from .flux2 import Flux2Strategy
 from .generic import GenericStrategy
 from .hidream import HiDreamStrategy
+from .hunyuan3d import Hunyuan3DStrategy
 from .hunyuan_video import HunyuanVideoStrategy
 from .ltxv import LTXVStrategy
 from .lumina2 import Lumina2Strategy
@@ -25,7 +26,7 @@ from .wan import WanStrategy
 STRATEGIES: list[type[Strategy]] = [
     FluxStrategy, Flux2Strategy, ChromaRadianceStrategy, ChromaStrategy, QwenImageStrategy,
     HunyuanVideoStrategy, WanStrategy, LTXVStrategy, SD3Strategy, MochiStrategy, AuraFlowStrategy,
-    Lumina2Strategy, HiDreamStrategy,
+    Hunyuan3DStrategy, Lumina2Strategy, HiDreamStrategy,
     GenericStrategy,                      # last: takes any model
 ]
 

@@ -46,6 +46,7 @@ TABLE = {
     "sd3": ("sd3", None, None, None),
     "mochi": ("mochi", None, None, None),
     "auraflow": ("auraflow", None, None, "txt_first"),
+    "hunyuan3d": ("hunyuan3d", None, None, "txt_first"),
     "lumina2": ("lumina2", None, "lumina_2", "model"),
     "zimage": ("lumina2", None, None, "model"),
     "hidream": ("hidream", None, "hidream_i1_full", "model"),

@@ -244,6 +244,11 @@ ZOO: dict[str, Entry] = {
                                          hidden_size=64, depth=2, num_heads=2, mlp_ratio=2.0, caption_channels=32,
                                          pe_interpolation=1.0, model_max_length=8, micro_condition=False),
                     32, (1, 4, 48, 48), init_std=0.05),
+    # Hunyuan3D 2.0: a 1-D shape latent (B, 64, tokens); cross_attn is the image-encoder feature sequence.
+    "hunyuan3d": Entry(sm.Hunyuan3Dv2, dict(image_model="hunyuan3d2", in_channels=64, context_in_dim=32,
+                                            hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=2,
+                                            depth_single_blocks=2),
+                       32, (1, 64, 16), dit=_blocks(2, 2)),
     # --- UNets (EPS) ---------------------------------------------------------------------------------------------
     # SDXL forces num_head_channels=64, hence model_channels 64; adm = pooled (32) + 6 size embeddings * 256.
     "sdxl": Entry(sm.SDXL, dict(UNET_BASE, model_channels=64, use_linear_in_transformer=True, context_dim=32,
