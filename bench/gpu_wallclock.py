@@ -7,6 +7,8 @@ Configs (one model, built once; each patched model is a clone, the base is never
   magcache_flux       MagCacheApply, preset "flux", threshold 0.24, retention 0.1, K 5
   magcache_thresh0    MagCacheApply, same preset, threshold 0 (never skips: the cost of our patches)
   calibrate           MagCacheCalibrate (records the ratio curve while computing every step)
+  teacache_flux_04    TeaCacheApply, preset "flux", rel_l1_thresh 0.4
+  teacache_flux_06    TeaCacheApply, preset "flux", rel_l1_thresh 0.6
   unpatched_end       plain ComfyUI again, last, to see whether the machine drifted
 
 Each config: --warmup untimed runs, then --reps timed runs; the median is reported.
@@ -37,7 +39,8 @@ FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=
 FLUX_TINY = dict(FLUX_DEV, vec_in_dim=32, context_in_dim=48, hidden_size=64, mlp_ratio=2.0, num_heads=2,
                  depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12])
 
-CONFIGS = ["unpatched", "magcache_flux", "magcache_thresh0", "calibrate", "unpatched_end"]
+CONFIGS = ["unpatched", "magcache_flux", "magcache_thresh0", "calibrate", "teacache_flux_04", "teacache_flux_06",
+           "unpatched_end"]
 SUMMARY_RE = re.compile(r"computed (\d+)/(\d+) steps (\[[0-9, ]*\])")
 
 
@@ -150,6 +153,8 @@ def main():
             return nodes["MagCacheApply"]().apply(base, "flux", 0.0, 0.1, 5)[0]
         if name == "calibrate":
             return nodes["MagCacheCalibrate"]().calibrate(base, "bench_flux")[0]
+        if name.startswith("teacache_flux_"):
+            return nodes["TeaCacheApply"]().apply(base, "flux", int(name[-2:]) / 10)[0]
         raise KeyError(name)
 
     def sample_once(m):
