@@ -16,24 +16,11 @@ cached residual (``RunState`` does that), exactly as they would alone.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Hashable, Sequence
 
 import torch
 
-from .errors import MagCacheInputError
-
-
-def validate_coefficients(value, input_name: str = "coefficients") -> tuple[float, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
-        raise MagCacheInputError(input_name, "expected a non-empty list of polynomial coefficients, highest power first")
-    out = []
-    for i, v in enumerate(value):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
-            raise MagCacheInputError(input_name, f"entry {i} is {v!r}; every coefficient must be a finite number")
-        out.append(float(v))
-    return tuple(out)
 
 
 def poly1d(coefficients: Sequence[float], x: float) -> float:

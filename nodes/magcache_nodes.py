@@ -10,7 +10,7 @@ import folder_paths
 from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, RunConfig
 from ..magcache_core.storage import CalibrationStore, check_name
 from ..strategies import all_presets, detect
-from .inputs import CACHE_DEVICES, number, offload_device, window
+from .inputs import number, offload_device, window, window_and_cache_inputs
 from .patching import patch_model
 
 log = logging.getLogger("comfyui-magcache")
@@ -81,12 +81,7 @@ class MagCacheApply:
                                     "Fraction of the first steps that always compute (they set the layout). FLUX: 0.1, Wan: 0.2."}),
                 "max_skip_steps": ("INT", {"default": 4, "min": 0, "max": 100, "tooltip":
                                    "K: at most this many steps in a row are skipped. FLUX: 5, Wan: 4."}),
-                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                                  "Skipping may start at this point of sampling (0 = the first step)."}),
-                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                                "Skipping stops at this point of sampling (1 = the last step)."}),
-                "cache_device": (CACHE_DEVICES, {"default": "main_device", "tooltip":
-                                 "Where cached residuals live: with the model (fastest) or in CPU memory (saves VRAM)."}),
+                **window_and_cache_inputs(),
             },
             "optional": {
                 "ratios": ("MAGCACHE_RATIOS", {"tooltip": "Your own ratio curve (from a 'MagCache Ratios' node); overrides the preset."}),

@@ -5,7 +5,7 @@ import logging
 
 from ..magcache_core import MagCacheInputError, RunConfig, TeaCacheParams
 from ..strategies import METHOD_TEACACHE, all_presets, detect
-from .inputs import CACHE_DEVICES, number, offload_device, window
+from .inputs import number, offload_device, window, window_and_cache_inputs
 from .patching import patch_model
 
 log = logging.getLogger("comfyui-magcache")
@@ -56,12 +56,7 @@ class TeaCacheApply:
                 "rel_l1_thresh": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip":
                                   "Accumulated rescaled change allowed before the blocks run again. Higher = faster, "
                                   "less faithful; 0 = never skip. FLUX 0.4, Wan 0.15-0.3, HunyuanVideo 0.15, LTXV 0.06."}),
-                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                                  "Skipping may start at this point of sampling (Wan: 0.1)."}),
-                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                                "Skipping stops at this point of sampling. The last step always computes."}),
-                "cache_device": (CACHE_DEVICES, {"default": "main_device", "tooltip":
-                                 "Where cached residuals live: with the model (fastest) or in CPU memory (saves VRAM)."}),
+                **window_and_cache_inputs(" Wan: 0.1.", " The last step always computes."),
             },
             "optional": {
                 "max_skip_steps": ("INT", {"default": 0, "min": 0, "max": 100, "tooltip":

@@ -36,23 +36,13 @@ def all_presets(method: str = METHOD_MAGCACHE) -> dict[str, tuple[type[Strategy]
     return {name: (s, p) for s in STRATEGIES for name, p in getattr(s, attr).items()}
 
 
-def describe_model(model_patcher) -> str:
-    dm = getattr(getattr(model_patcher, "model", None), "diffusion_model", None)
-    if dm is None:
-        return type(model_patcher).__name__
-    return f"{type(model_patcher.model).__name__} ({type(dm).__module__}.{type(dm).__name__})"
-
-
 def detect(model_patcher, input_name: str = "model") -> Strategy:
     """The strategy for this model (the generic fallback for any model no other claims)."""
     if not hasattr(model_patcher, "model") or not hasattr(model_patcher, "clone") \
             or getattr(model_patcher.model, "diffusion_model", None) is None:
         raise MagCacheInputError(input_name, f"expected a ComfyUI MODEL, got {type(model_patcher).__name__}")
-    for cls in STRATEGIES:
-        if cls.matches(model_patcher):
-            return cls(model_patcher)
-    raise MagCacheInputError(input_name, f"{describe_model(model_patcher)}: no strategy fits")  # unreachable: generic
+    return next(cls for cls in STRATEGIES if cls.matches(model_patcher))(model_patcher)   # generic takes any
 
 
 __all__ = ["STRATEGIES", "METHOD_MAGCACHE", "METHOD_TEACACHE", "BlockStrategy", "ModelStrategy", "Preset",
-           "Strategy", "TeaPreset", "all_presets", "describe_model", "detect"]
+           "Strategy", "TeaPreset", "all_presets", "detect"]

@@ -96,9 +96,6 @@ class Strategy:
             return None, f"{what}: no published {'ratios' if method == METHOD_MAGCACHE else 'TeaCache coefficients'}"
         return name, what
 
-    def presets_for(self, method: str) -> dict:
-        return self.presets if method == METHOD_MAGCACHE else self.tea_presets
-
     @property
     def supports_teacache(self) -> bool:
         return False
