@@ -62,7 +62,9 @@ class HunyuanVideoStrategy(BlockStrategy):
             return None, None, f"HunyuanImage 2.1 ({base})"
         if base.startswith("HunyuanVideo15"):
             return "hunyuan_video1.5", None, f"HunyuanVideo 1.5 ({base}; over 20 steps pick hunyuan_video1.5_40steps)"
-        return "hunyuan_video", "hunyuan_video", f"HunyuanVideo 1.0 ({base})"
+        if base == "HunyuanVideo":
+            return "hunyuan_video", "hunyuan_video", "HunyuanVideo 1.0 T2V"
+        return None, None, f"HunyuanVideo 1.0 variant ({base}; the published curves are T2V)"
 
     def modulated_input(self, dm, args):
         return flux_style_modulated(dm.double_blocks[0], args)

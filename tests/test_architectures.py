@@ -36,6 +36,7 @@ TABLE = {
     "chroma_radiance": ("chroma_radiance", None, None, "txt_first"),
     "qwen_image": ("qwen_image", "qwen_image", None, None),
     "hunyuan_video": ("hunyuan_video", "hunyuan_video", "hunyuan_video", "img_first"),
+    "hunyuan_video_i2v": ("hunyuan_video", None, None, "img_first"),
     "hunyuan_video15": ("hunyuan_video", "hunyuan_video1.5", None, "img_first"),
     "hunyuan_image21": ("hunyuan_video", None, None, "img_first"),
     "wan21_t2v": ("wan", None, None, None),
