@@ -8,7 +8,6 @@ ComfyUI's model classes.
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 

@@ -16,7 +16,7 @@ cached residual (``RunState`` does that), exactly as they would alone.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Hashable, Sequence
 
 import torch

@@ -3,7 +3,6 @@ pack imported as the package ``comfyui_magcache`` exactly as ComfyUI would load 
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import tempfile
 from pathlib import Path

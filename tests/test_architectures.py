@@ -7,7 +7,6 @@ an outer APPLY_MODEL wrapper) with this file's own block patches: at a skipped
 step t after computed step c, the last block must leave ``S(t) + O(c) - S(c)`` (S: the image
 stream into the first block, O: the image stream out of the last).
 """
-import copy
 import json
 
 import pytest

@@ -1,6 +1,5 @@
 """magcache_core on its own: the rule, interpolation, statistics, residual store, storage."""
 import json
-import math
 import os
 
 import pytest
