@@ -7,7 +7,7 @@ from .ratios import COND, UNCOND, RatioCurves, nearest_interp, validate_ratios
 from .decision import MagCacheParams, MagCacheRule, computed_steps
 from .calibration import CalibrationRecorder
 from .residuals import ResidualStore
-from .teacache import TeaCacheParams, TeaCacheRule, poly1d, relative_l1, teacache_schedule
+from .teacache import TeaCacheParams, TeaCacheRule, fit_coefficients, poly1d, relative_l1, teacache_schedule
 from .run import CallContext, RunConfig, RunState
 from .storage import CalibrationStore
 
@@ -15,5 +15,5 @@ __all__ = [
     "MagCacheInputError", "COND", "UNCOND", "RatioCurves", "nearest_interp", "validate_ratios",
     "MagCacheParams", "MagCacheRule", "computed_steps", "CalibrationRecorder", "ResidualStore",
     "CallContext", "RunConfig", "RunState", "CalibrationStore", "TeaCacheParams", "TeaCacheRule", "poly1d",
-    "relative_l1", "teacache_schedule",
+    "relative_l1", "teacache_schedule", "fit_coefficients",
 ]

@@ -4,8 +4,12 @@ For each cond entry and step t > 0, with r_t the residual (tokens x hidden):
     ratio[t] = mean_tokens(|r_t| / |r_{t-1}|)      (the MagCache magnitude ratio)
     std[t]   = std_tokens(|r_t| / |r_{t-1}|)
     cos[t]   = mean_tokens(1 - cos(r_t, r_{t-1}))   (cosine distance)
-and ratio[0] = 1, std[0] = cos[0] = 0. Entries of the same kind (several positive conds, say)
-are averaged per step. Values stay on the device until ``result()``, so recording adds no sync.
+    l1[t]    = mean|r_t - r_{t-1}| / mean|r_{t-1}|   (relative L1 change of the residual)
+and ratio[0] = 1, std[0] = cos[0] = l1[0] = 0. Where the host also passes TeaCache's indicator
+(the first block's timestep-modulated input) it records ``input_l1[t]``, the same relative L1
+change of the indicator: the pairs (input_l1, l1) are what a TeaCache polynomial is fitted to
+(``teacache.fit_coefficients``). Entries of the same kind (several positive conds, say) are
+averaged per step. Values stay on the device until ``result()``, so recording adds no sync.
 """
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ from typing import Hashable
 import torch
 
 from .ratios import KIND_NAMES
+from .teacache import relative_l1
 
-STATS = ("ratio", "std", "cos")
+STATS = ("ratio", "std", "cos", "l1")
 
 
 class CalibrationRecorder:
@@ -24,29 +29,47 @@ class CalibrationRecorder:
         self._prev: dict[Hashable, torch.Tensor] = {}
         # kind -> step -> list of (ratio, std, cos) tensors
         self._rows: dict[int, dict[int, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
+        self._prev_input: dict[Hashable, torch.Tensor] = {}
+        self._input_rows: dict[int, dict[int, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
 
     def record(self, key: Hashable, kind: int, step: int, residual: torch.Tensor) -> None:
         cur = residual.detach().float()
         cur = cur.reshape(cur.shape[0], -1, cur.shape[-1])
         prev = self._prev.get(key)
         if prev is None or prev.shape != cur.shape:
-            row = torch.tensor([1.0, 0.0, 0.0], device=cur.device)
+            row = torch.tensor([1.0, 0.0, 0.0, 0.0], device=cur.device)
         else:
             norm_ratio = cur.norm(dim=-1) / prev.norm(dim=-1).clamp_min(1e-12)
             cos = torch.nn.functional.cosine_similarity(cur, prev, dim=-1, eps=1e-8)
-            row = torch.stack([norm_ratio.mean(), norm_ratio.std(unbiased=False), (1 - cos).mean()])
-        self._rows[kind][step] = self._rows[kind].get(step, []) + [row]
+            row = torch.stack([norm_ratio.mean(), norm_ratio.std(unbiased=False), (1 - cos).mean(),
+                               relative_l1(cur, prev)])
+        self._rows[kind][step].append(row)
         self._prev[key] = cur
 
+    def record_input(self, key: Hashable, kind: int, step: int, indicator: torch.Tensor) -> None:
+        """TeaCache's indicator for ``key`` at ``step`` (call it before ``record`` of the same step)."""
+        cur = indicator.detach().float().clone()
+        prev = self._prev_input.get(key)
+        value = relative_l1(cur, prev) if prev is not None and prev.shape == cur.shape else torch.zeros((), device=cur.device)
+        self._input_rows[kind][step].append(value.reshape(()))
+        self._prev_input[key] = cur
+
     def result(self) -> dict[str, dict[str, list[float]]]:
-        """``{"cond": {"ratio": [...], "std": [...], "cos": [...]}, "uncond": {...}}``, one value per step."""
+        """``{"cond": {"ratio": [...], "std": [...], "cos": [...], "l1": [...]}, "uncond": {...}}``, one value
+        per step; plus ``"input_l1"`` where the indicator was recorded at every step."""
         out = {}
         for kind, by_step in sorted(self._rows.items()):
             steps = sorted(by_step)
             table = torch.stack([torch.stack(by_step[s]).mean(0) for s in steps]).cpu().tolist()
-            out[KIND_NAMES.get(kind, str(kind))] = {name: [round(r[i], 5) for r in table] for i, name in enumerate(STATS)}
+            stats = {name: [round(r[i], 5) for r in table] for i, name in enumerate(STATS)}
+            inputs = self._input_rows.get(kind, {})
+            if inputs and sorted(inputs) == steps:
+                stats["input_l1"] = [round(v, 6) for v in torch.stack([torch.stack(inputs[s]).mean() for s in steps]).cpu().tolist()]
+            out[KIND_NAMES.get(kind, str(kind))] = stats
         return out
 
     def clear(self) -> None:
         self._prev.clear()
         self._rows.clear()
+        self._prev_input.clear()
+        self._input_rows.clear()

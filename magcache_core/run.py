@@ -64,7 +64,9 @@ class RunState:
     def __init__(self, config: RunConfig, sample_sigmas: Sequence[float],
                  window: tuple[float, float] = (float("inf"), float("-inf")),
                  on_new_step: Callable[[int, int], None] | None = None,
-                 offset: int = 0, total_steps: int | None = None):
+                 offset: int = 0, total_steps: int | None = None, record_indicator: bool = False):
+        """``record_indicator``: a calibration run also records TeaCache's indicator (the host then
+        passes the modulated input to ``enter_blocks``), so that a polynomial can be fitted."""
         self.config = config
         self.sigmas = [float(s) for s in sample_sigmas]
         self.run_steps = max(len(self.sigmas) - 1, 1)
@@ -77,6 +79,7 @@ class RunState:
         self.on_new_step = on_new_step
         self.residuals = ResidualStore(config.offload_device)
         self.recorder = CalibrationRecorder() if config.method == "calibrate" else None
+        self.record_indicator = bool(record_indicator and self.recorder is not None)
         self.rule = self.tea = None
         if config.method == "magcache":
             cache: dict[int, list[float]] = {}
@@ -92,7 +95,7 @@ class RunState:
 
     @property
     def needs_modulated_input(self) -> bool:
-        return self.tea is not None
+        return self.tea is not None or self.record_indicator
 
     # -- step bookkeeping -------------------------------------------------------------------
     def step_index(self, sigma: float) -> int:
@@ -130,6 +133,9 @@ class RunState:
             ctx.skip_keys = {key for key in ctx.keys if self.key_decisions[(ctx.step, key)]}
         elif ctx.skip:
             ctx.skip_keys = set(ctx.keys)
+        if self.record_indicator and modulated is not None:
+            for key, kind, chunk in zip(ctx.keys, ctx.kinds, modulated.chunk(len(ctx.keys))):
+                self.recorder.record_input(key, kind, ctx.step, chunk)
         # An entry or a shape this run has no residual for yet (new cond, new resolution) computes.
         chunk_shape = (stream_in.shape[0] // len(ctx.keys),) + tuple(stream_in.shape[1:])
         ctx.skip_keys = {key for key in ctx.skip_keys if self.residuals.has(key, chunk_shape)}

@@ -7,6 +7,7 @@ letter or digit; the resolved path must sit directly in the store's folder. Writ
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -86,6 +87,18 @@ class CalibrationStore:
         _validate(doc, path, input_name)
         return doc
 
+    def teacache_names(self) -> list[str]:
+        """The saved calibrations that carry a fitted TeaCache polynomial."""
+        out = []
+        for name in self.names():
+            try:
+                with open(self.path(name)) as f:
+                    if isinstance(json.load(f).get("teacache"), dict):
+                        out.append(name)
+            except (OSError, ValueError, AttributeError, MagCacheInputError):
+                continue
+        return out
+
     def curves(self, name: str, input_name: str = "calibration") -> tuple[RatioCurves, dict]:
         doc = self.load(name, input_name)
         per_kind = {KIND_BY_NAME[k]: tuple(v) for k, v in doc["mag_ratios"].items()}
@@ -105,6 +118,12 @@ def _validate(doc, path: str, input_name: str = "calibration") -> None:
     if not isinstance(ratios, dict) or not ratios or set(ratios) - set(KIND_BY_NAME):
         bad("'mag_ratios' must map 'cond'/'uncond' to lists")
     steps = doc.get("steps")
+    tea = doc.get("teacache")
+    if tea is not None:
+        coefficients = tea.get("coefficients") if isinstance(tea, dict) else None
+        if (not isinstance(coefficients, list) or not 2 <= len(coefficients) <= 12
+                or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in coefficients)):
+            bad("'teacache.coefficients' must be a list of 2-12 finite numbers")
     for kind, curve in ratios.items():
         validate_ratios(curve, f"{input_name}.mag_ratios.{kind}")
         if len(curve) != steps:

@@ -16,6 +16,7 @@ cached residual (``RunState`` does that), exactly as they would alone.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Hashable, Sequence
 
@@ -95,3 +96,36 @@ def teacache_schedule(params: TeaCacheParams, inputs: Sequence[torch.Tensor], ke
     """The steps TeaCache computes for one entry given its modulated input at every step."""
     rule = TeaCacheRule(params, 0, len(inputs) - 1)
     return [s for s, x in enumerate(inputs) if not rule.decide(s, key, x)]
+
+
+FIT_DEGREE = 4          # the authors fit a 4th-order polynomial
+
+
+def fit_coefficients(stats: dict, degree: int = FIT_DEGREE) -> dict:
+    """A TeaCache polynomial for one model from a calibration run's statistics.
+
+    ``stats`` is ``CalibrationRecorder.result()``: per kind, ``input_l1`` (the indicator's relative
+    L1 change) and ``l1`` (the residual's) at every step. As the TeaCache authors do, fit
+    ``output change ~ poly(input change)`` by least squares over every step after the first, cond and
+    uncond pooled. Returns ``{"coefficients": [...] (highest power first), "degree", "points",
+    "rmse", "mean_output_l1"}``; raises ValueError when there is nothing to fit.
+    """
+    import numpy as np
+
+    xs, ys = [], []
+    for kind, s in stats.items():
+        if "input_l1" not in s:
+            raise ValueError(f"no TeaCache indicator was recorded for {kind!r}")
+        xs += s["input_l1"][1:]
+        ys += s["l1"][1:]
+    x, y = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    if len(x) < degree + 2 or not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError(f"need at least {degree + 2} finite (input, output) pairs to fit, got {len(x)}")
+    if np.ptp(x) <= 1e-12:
+        raise ValueError("the indicator changed by the same amount at every step: nothing to fit")
+    with warnings.catch_warnings():      # few, clustered points warn "poorly conditioned"; the fit is still the LSQ one
+        warnings.simplefilter("ignore", getattr(np, "exceptions", np).RankWarning)
+        coefficients = np.polyfit(x, y, degree)
+    rmse = float(np.sqrt(np.mean((np.polyval(coefficients, x) - y) ** 2)))
+    return {"coefficients": [float(c) for c in coefficients], "degree": degree, "points": int(len(x)),
+            "rmse": round(rmse, 6), "mean_output_l1": round(float(y.mean()), 6)}

@@ -7,7 +7,7 @@ import os
 
 import folder_paths
 
-from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, RunConfig
+from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, RunConfig, fit_coefficients
 from ..magcache_core.storage import CalibrationStore, check_name
 from ..strategies import all_presets, detect
 from .inputs import number, offload_device, window, window_and_cache_inputs
@@ -109,7 +109,8 @@ class MagCacheApply:
 
 class MagCacheCalibrate:
     DESCRIPTION = ("Records this model's magnitude-ratio curve during one normal sampling run (nothing is "
-                   "skipped) and saves it under a name that MagCacheApply's preset list then offers.")
+                   "skipped) and saves it under a name that MagCacheApply's preset list then offers. Where the "
+                   "model has a TeaCache input, it also fits a TeaCache polynomial, offered by TeaCacheApply.")
     CATEGORY = "MagCache"
     RETURN_TYPES = ("MODEL",)
     OUTPUT_TOOLTIPS = ("The model, recording; connect it to the sampler of the run to calibrate on.",)
@@ -140,9 +141,17 @@ def _saver(store: CalibrationStore, name: str):
             if len(s["ratio"]) != run.num_steps:
                 raise RuntimeError(f"MagCacheCalibrate: {kind} has {len(s['ratio'])} of {run.num_steps} steps; "
                                    "the sampler skipped model calls, calibration not saved")
-        path = store.save(name, strategy.name, run.num_steps, stats, {"residual": strategy.residual})
+        extra = {"residual": strategy.residual}
+        tea = ""
+        if strategy.supports_teacache:
+            try:
+                extra["teacache"] = fit_coefficients(stats)
+                tea = f"; TeaCache polynomial fitted, rmse {extra['teacache']['rmse']:.4g}"
+            except ValueError as e:
+                tea = f"; no TeaCache fit ({e})"
+        path = store.save(name, strategy.name, run.num_steps, stats, extra)
         spans = ", ".join(f"{k}: {min(s['ratio'][1:] or [1]):.3f}-{max(s['ratio'][1:] or [1]):.3f}" for k, s in stats.items())
-        log.info("MagCacheCalibrate: saved %r (%d steps; ratio range %s) to %s", name, run.num_steps, spans, path)
+        log.info("MagCacheCalibrate: saved %r (%d steps; ratio range %s%s) to %s", name, run.num_steps, spans, tea, path)
     return save
 
 

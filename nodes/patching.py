@@ -79,7 +79,8 @@ def _outer_sample(config: RunConfig, strategy: Strategy, on_success, executor, *
     if config.method == "calibrate":
         bar = comfy.utils.ProgressBar(max(len(sigmas) - 1, 1))
         progress = lambda step, total: bar.update_absolute(step + 1, total)  # noqa: E731
-    state = RunState(config, sigmas.tolist(), window, on_new_step=progress, offset=offset, total_steps=total)
+    state = RunState(config, sigmas.tolist(), window, on_new_step=progress, offset=offset, total_steps=total,
+                     record_indicator=strategy.supports_teacache)
     run = Run(state, strategy, guider.model_patcher.model.diffusion_model)
     orig_options = guider.model_options
     guider.model_options = comfy.model_patcher.create_model_options_clone(orig_options)

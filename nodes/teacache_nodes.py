@@ -6,13 +6,14 @@ import logging
 from ..magcache_core import MagCacheInputError, RunConfig, TeaCacheParams
 from ..strategies import METHOD_TEACACHE, all_presets, detect
 from .inputs import number, offload_device, window, window_and_cache_inputs
+from .magcache_nodes import CALIBRATION_ALIASES, CALIBRATION_PREFIX, calibration_store
 from .patching import patch_model
 
 log = logging.getLogger("comfyui-magcache")
 
 
 def resolve_coefficients(strategy, model, preset):
-    """(preset, label) for the node's preset input on this model."""
+    """(coefficients, label, recommended TeaPreset or None) for the node's preset input on this model."""
     if not isinstance(preset, str):
         raise MagCacheInputError("preset", f"expected a preset name, got {type(preset).__name__}")
     if not strategy.supports_teacache:
@@ -26,14 +27,27 @@ def resolve_coefficients(strategy, model, preset):
             raise MagCacheInputError(
                 "preset", f"auto-detect found {detected}. Use MagCacheCalibrate + MagCacheApply for this "
                           f"model (calibrating needs no published numbers).{by_hand}")
-        return strategy.tea_presets[name], f"{name} (auto: {detected})"
+        chosen = strategy.tea_presets[name]
+        return chosen.params.coefficients, f"{name} (auto: {detected})", chosen
+    if preset.startswith(CALIBRATION_PREFIX):
+        doc = calibration_store().load(preset[len(CALIBRATION_PREFIX):], "preset")
+        if CALIBRATION_ALIASES.get(doc["model"], doc["model"]) != strategy.name:
+            raise MagCacheInputError("preset", f"calibration {doc['name']!r} was made on a {doc['model']} model, "
+                                               f"this model is {strategy.title}; calibrate this model instead")
+        if "teacache" not in doc:
+            raise MagCacheInputError("preset", f"calibration {doc['name']!r} has no TeaCache polynomial (it was saved "
+                                               "by an older version of the pack); run MagCacheCalibrate again")
+        fit = doc["teacache"]
+        return tuple(fit["coefficients"]), f"calibration {doc['name']!r} (fitted, {doc['steps']} steps)", None
     if preset in strategy.tea_presets:
-        return strategy.tea_presets[preset], preset
+        chosen = strategy.tea_presets[preset]
+        return chosen.params.coefficients, preset, chosen
     known = all_presets(METHOD_TEACACHE)
     if preset in known:
         raise MagCacheInputError("preset", f"{preset!r} is a {known[preset][0].title} preset; this model is "
                                            f"{strategy.title} (its presets: {sorted(strategy.tea_presets)})")
-    raise MagCacheInputError("preset", f"unknown preset {preset!r}; choose 'auto' or one of {sorted(known)}")
+    raise MagCacheInputError("preset", f"unknown preset {preset!r}; choose 'auto', one of {sorted(known)} "
+                                       "or a saved 'calibration: <name>'")
 
 
 class TeaCacheApply:
@@ -51,8 +65,10 @@ class TeaCacheApply:
             "required": {
                 "model": ("MODEL", {"tooltip": "The diffusion model to speed up (FLUX.1, Wan 2.1, HunyuanVideo, "
                                                "LTX-Video, Lumina 2, HiDream have published coefficients)."}),
-                "preset": (["auto"] + sorted(all_presets(METHOD_TEACACHE)), {"default": "auto", "tooltip":
-                           "The model's fitted polynomial; 'auto' picks it from the detected model."}),
+                "preset": (["auto"] + sorted(all_presets(METHOD_TEACACHE))
+                           + [CALIBRATION_PREFIX + n for n in calibration_store().teacache_names()],
+                           {"default": "auto", "tooltip": "The model's fitted polynomial; 'auto' picks the published "
+                            "one for the detected model; 'calibration: …' uses the one MagCacheCalibrate fitted."}),
                 "rel_l1_thresh": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip":
                                   "Accumulated rescaled change allowed before the blocks run again. Higher = faster, "
                                   "less faithful; 0 = never skip. FLUX 0.4, Wan 0.15-0.3, HunyuanVideo 0.15, LTXV 0.06."}),
@@ -71,11 +87,11 @@ class TeaCacheApply:
         offload = offload_device(cache_device)
         cap = number("max_skip_steps", max_skip_steps, 0, 10_000, integer=True)
         strategy = detect(model)
-        chosen, label = resolve_coefficients(strategy, model, preset)
-        params = TeaCacheParams(thresh, chosen.params.coefficients, cap or None)
+        coefficients, label, chosen = resolve_coefficients(strategy, model, preset)
+        params = TeaCacheParams(thresh, tuple(coefficients), cap or None)
         config = RunConfig("teacache", params, None, start, end, offload, label=f"{strategy.title}, {label}")
         hint = ""
-        if (chosen.params.rel_l1_thresh, chosen.start_percent) != (thresh, start):
+        if chosen is not None and (chosen.params.rel_l1_thresh, chosen.start_percent) != (thresh, start):
             hint = f"; the preset recommends rel_l1_thresh {chosen.params.rel_l1_thresh}, start {chosen.start_percent}"
         log.info("TeaCacheApply: %s (%s-level cache), %s, rel_l1_thresh %s, window %s-%s%s", strategy.title,
                  strategy.level, label, thresh, start, end, hint)
