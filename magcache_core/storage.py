@@ -101,8 +101,12 @@ class CalibrationStore:
 
     def curves(self, name: str, input_name: str = "calibration") -> tuple[RatioCurves, dict]:
         doc = self.load(name, input_name)
-        per_kind = {KIND_BY_NAME[k]: tuple(v) for k, v in doc["mag_ratios"].items()}
-        return RatioCurves(per_kind=per_kind), doc
+        return curves_of(doc), doc
+
+
+def curves_of(doc: dict) -> RatioCurves:
+    """The MagCache ratio curves of a loaded (validated) calibration document."""
+    return RatioCurves(per_kind={KIND_BY_NAME[k]: tuple(v) for k, v in doc["mag_ratios"].items()})
 
 
 def _validate(doc, path: str, input_name: str = "calibration") -> None:

@@ -8,7 +8,7 @@ import os
 import folder_paths
 
 from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, RunConfig, fit_coefficients
-from ..magcache_core.storage import CalibrationStore, check_name
+from ..magcache_core.storage import CalibrationStore, check_name, curves_of
 from ..strategies import all_presets, detect
 from .inputs import number, offload_device, window, window_and_cache_inputs
 from .patching import patch_model
@@ -21,6 +21,15 @@ CALIBRATION_ALIASES = {"wan2.1": "wan"}          # strategy names of calibration
 def calibration_store() -> CalibrationStore:
     """Calibrations live in ComfyUI's user directory, under magcache/calibrations/."""
     return CalibrationStore(os.path.join(folder_paths.get_user_directory(), "magcache", "calibrations"))
+
+
+def load_calibration(strategy, preset: str) -> dict:
+    """The calibration file a 'calibration: <name>' preset names, checked to be of this model's kind."""
+    doc = calibration_store().load(preset[len(CALIBRATION_PREFIX):], "preset")
+    if CALIBRATION_ALIASES.get(doc["model"], doc["model"]) != strategy.name:
+        raise MagCacheInputError("preset", f"calibration {doc['name']!r} was made on a {doc['model']} model, "
+                                           f"this model is {strategy.title}; calibrate this model instead")
+    return doc
 
 
 def resolve_curves(strategy, model, preset: str, ratios: RatioCurves | None):
@@ -41,11 +50,8 @@ def resolve_curves(strategy, model, preset: str, ratios: RatioCurves | None):
         p = strategy.presets[name]
         return p.curves, f"{name} (auto: {detected})", p.params
     if preset.startswith(CALIBRATION_PREFIX):
-        curves, doc = calibration_store().curves(preset[len(CALIBRATION_PREFIX):], "preset")
-        if CALIBRATION_ALIASES.get(doc["model"], doc["model"]) != strategy.name:
-            raise MagCacheInputError("preset", f"calibration {doc['name']!r} was made on a {doc['model']} model, "
-                                               f"this model is {strategy.title}; calibrate this model instead")
-        return curves, f"calibration {doc['name']!r} ({doc['steps']} steps)", None
+        doc = load_calibration(strategy, preset)
+        return curves_of(doc), f"calibration {doc['name']!r} ({doc['steps']} steps)", None
     if preset in strategy.presets:
         p = strategy.presets[preset]
         return p.curves, preset, p.params

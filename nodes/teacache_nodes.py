@@ -6,7 +6,7 @@ import logging
 from ..magcache_core import MagCacheInputError, RunConfig, TeaCacheParams
 from ..strategies import METHOD_TEACACHE, all_presets, detect
 from .inputs import number, offload_device, window, window_and_cache_inputs
-from .magcache_nodes import CALIBRATION_ALIASES, CALIBRATION_PREFIX, calibration_store
+from .magcache_nodes import CALIBRATION_PREFIX, calibration_store, load_calibration
 from .patching import patch_model
 
 log = logging.getLogger("comfyui-magcache")
@@ -30,10 +30,7 @@ def resolve_coefficients(strategy, model, preset):
         chosen = strategy.tea_presets[name]
         return chosen.params.coefficients, f"{name} (auto: {detected})", chosen
     if preset.startswith(CALIBRATION_PREFIX):
-        doc = calibration_store().load(preset[len(CALIBRATION_PREFIX):], "preset")
-        if CALIBRATION_ALIASES.get(doc["model"], doc["model"]) != strategy.name:
-            raise MagCacheInputError("preset", f"calibration {doc['name']!r} was made on a {doc['model']} model, "
-                                               f"this model is {strategy.title}; calibrate this model instead")
+        doc = load_calibration(strategy, preset)
         if "teacache" not in doc:
             raise MagCacheInputError("preset", f"calibration {doc['name']!r} has no TeaCache polynomial (it was saved "
                                                "by an older version of the pack); run MagCacheCalibrate again")
