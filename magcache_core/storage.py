@@ -99,9 +99,6 @@ class CalibrationStore:
                 continue
         return out
 
-    def curves(self, name: str, input_name: str = "calibration") -> tuple[RatioCurves, dict]:
-        doc = self.load(name, input_name)
-        return curves_of(doc), doc
 
 
 def curves_of(doc: dict) -> RatioCurves:

@@ -8,7 +8,7 @@ import torch
 from comfyui_magcache.magcache_core import (COND, UNCOND, CalibrationRecorder, MagCacheInputError, MagCacheParams,
                                             MagCacheRule, RatioCurves, ResidualStore, RunConfig, RunState,
                                             computed_steps, nearest_interp, validate_ratios)
-from comfyui_magcache.magcache_core.storage import CalibrationStore, check_name
+from comfyui_magcache.magcache_core.storage import CalibrationStore, check_name, curves_of
 from comfyui_magcache.strategies.flux import FLUX_DEV_28
 from comfyui_magcache.strategies.wan import WAN21_T2V_1_3B
 
@@ -172,7 +172,8 @@ def test_storage_roundtrip_atomic_and_validated(tmp_path):
     stats = {"cond": {"ratio": [1.0, 1.1, 0.9], "std": [0, 0.1, 0.1], "cos": [0, 0.2, 0.1]}}
     path = store.save("My flux-1.0", "flux", 3, stats)
     assert os.path.basename(path) == "My flux-1.0.json" and os.listdir(tmp_path) == ["My flux-1.0.json"]
-    curves, doc = store.curves("My flux-1.0")
+    doc = store.load("My flux-1.0")
+    curves = curves_of(doc)
     assert curves.curve(COND) == (1.0, 1.1, 0.9) and doc["model"] == "flux" and doc["steps"] == 3
     assert store.names() == ["My flux-1.0"]
     doc["mag_ratios"]["cond"][1] = -1
