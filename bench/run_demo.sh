@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The demo: sets up .venv if needed (tests/setup_env.sh), then runs bench/demo.py: a real ComfyUI
-# server on the CPU, the shipped tiny-Wan workflow uncached / calibrating / with MagCache.
+# The demo: sets up the venv if needed (tests/setup_env.sh; COMFYUI_PATH picks another ComfyUI), then runs
+# bench/demo.py: a real ComfyUI server on the CPU, the reference model uncached / MagCache / TeaCache.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-bash "$ROOT/tests/setup_env.sh"
-exec "${MAGCACHE_VENV:-$ROOT/.venv}/bin/python" "$ROOT/bench/demo.py" "$@"
+VENV=$(bash "$ROOT/tests/setup_env.sh" | tail -n 1)
+exec "$VENV/bin/python" "$ROOT/bench/demo.py" "$@"

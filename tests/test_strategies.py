@@ -7,12 +7,13 @@ import comfy.supported_models
 from comfyui_magcache.magcache_core import MagCacheInputError
 from comfyui_magcache.strategies import detect
 from tiny_models import FLUX_CONFIG, WAN_CONFIG
+from tiny_zoo import fitted
 
 META = torch.device("meta")
 
 
 def on_meta(config_cls, unet_config):
-    model = config_cls(dict(unet_config)).get_model({}, device=META)
+    model = config_cls(fitted(unet_config)).get_model({}, device=META)
     return comfy.model_patcher.ModelPatcher(model, load_device=META, offload_device=META)
 
 

@@ -7,6 +7,7 @@ import comfy.model_base
 import comfy.model_patcher
 import comfy.sample
 import comfy.supported_models
+from tiny_zoo import fitted
 
 CPU = torch.device("cpu")
 
@@ -20,7 +21,7 @@ WAN_CONFIG = dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), 
 
 def _patcher(config_cls, unet_config, seed):
     torch.manual_seed(seed)
-    cfg = config_cls(dict(unet_config))
+    cfg = config_cls(fitted(unet_config))
     cfg.set_inference_dtype(torch.float32, None)
     model = cfg.get_model({}, device=CPU)
     with torch.no_grad():

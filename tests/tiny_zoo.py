@@ -44,6 +44,8 @@ Left out: none of the requested entries had to be (``LEFT_OUT`` is empty).
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -70,6 +72,48 @@ class Entry:
     init_std: float = 0.1                # std of the random weights
     dit: dict = field(default_factory=dict)   # patches_replace["dit"] keys asked per forward: {kind: count}
     notes: str = ""
+    params: str | None = None            # the model's Params dataclass (dotted), if its kwargs all go there
+
+    def __post_init__(self):
+        if self.params is None:
+            self.params = PARAMS_OF.get(self.unet_config.get("image_model"))
+
+
+# image_model -> the Params dataclass its diffusion model passes every other kwarg to
+PARAMS_OF = {"flux": "comfy.ldm.flux.model.FluxParams", "flux2": "comfy.ldm.flux.model.FluxParams",
+             "chroma": "comfy.ldm.chroma.model.ChromaParams",
+             "chroma_radiance": "comfy.ldm.chroma_radiance.model.ChromaRadianceParams",
+             "hunyuan_video": "comfy.ldm.hunyuan_video.model.HunyuanVideoParams"}
+
+
+# Params fields that newer ComfyUI added without a default (0.33: FLUX/Chroma txt_ids_dims, Chroma vec_in_dim,
+# Chroma Radiance use_x0/use_sequential_txt_ids, HunyuanVideo meanflow_sum), with the value ComfyUI's detection
+# gives a checkpoint of the original layout. Older ComfyUI rejects these keys, so configs are fitted to the
+# dataclass of the ComfyUI in use (``fit_params``).
+NEW_FIELDS = {"txt_ids_dims": [], "meanflow_sum": False, "vec_in_dim": None, "use_x0": False,
+              "use_sequential_txt_ids": False}
+MODEL_KWARGS = {"image_model", "final_layer"}   # taken by the model's __init__ itself, never by Params
+
+
+def fitted(unet_config: dict) -> dict:
+    """A unet_config for this ComfyUI (fit_params with the Params class its image_model implies)."""
+    return fit_params(unet_config, PARAMS_OF.get(unet_config.get("image_model")))
+
+
+def fit_params(config: dict, params: str | None) -> dict:
+    """``config`` fitted to the Params dataclass ``params`` of this ComfyUI: keys it does not know are dropped,
+    fields it requires that the config lacks get their NEW_FIELDS value."""
+    if params is None:
+        return dict(config)
+    module, _, name = params.rpartition(".")
+    fields = {f.name: f for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    out = {k: v for k, v in config.items() if k in fields or k in MODEL_KWARGS}
+    for f in fields.values():
+        if f.name not in out and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if f.name not in NEW_FIELDS:
+                raise KeyError(f"{params} needs {f.name!r}, which the tiny config lacks")
+            out[f.name] = NEW_FIELDS[f.name]
+    return out
 
 
 def _pooled(dim, **more):
@@ -267,7 +311,7 @@ def build(name, seed=0, std=None) -> comfy.model_patcher.ModelPatcher:
     """The tiny model `name` with weights drawn from N(0, std or the entry's init_std) (seeded), in a CPU ModelPatcher."""
     e = ZOO[name]
     torch.manual_seed(seed)
-    cfg = e.config_cls(dict(e.unet_config))
+    cfg = e.config_cls(fit_params(e.unet_config, e.params))
     cfg.set_inference_dtype(torch.float32, None)
     model = cfg.get_model({}, device=CPU)
     g = torch.Generator().manual_seed(seed)
