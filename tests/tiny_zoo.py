@@ -153,7 +153,13 @@ UNET_BASE = dict(use_checkpoint=False, image_size=32, use_spatial_transformer=Tr
                  transformer_depth_output=[0, 0, 1, 1], transformer_depth_middle=1, use_temporal_resblock=False,
                  use_temporal_attention=False)
 
-ZOO: dict[str, Entry] = {
+def since(name: str):
+    """``comfy.supported_models.<name>``, or None where this ComfyUI has no such class (the entry is then left
+    out of ZOO: architectures that newer ComfyUI added are tested on the versions that have them)."""
+    return getattr(sm, name, None)
+
+
+_ENTRIES: dict[str, Entry] = {
     # --- Flux family ---------------------------------------------------------------------------------------------
     "flux": Entry(sm.Flux, dict(FLUX_BASE, image_model="flux", guidance_embed=True, vec_in_dim=32), 32,
                   (1, 16, 16, 16), _pooled(32, guidance=3.5), dit=_blocks(2, 2)),
@@ -303,7 +309,10 @@ ZOO: dict[str, Entry] = {
                                 adm_in_channels=None), 32, (1, 4, 16, 16), init_std=0.05),
 }
 
-# Requested entries that are not in ZOO, with the reason.
+ZOO: dict[str, Entry] = {k: e for k, e in _ENTRIES.items() if e.config_cls is not None}
+NOT_IN_THIS_COMFYUI = sorted(set(_ENTRIES) - set(ZOO))    # entries whose class this ComfyUI lacks
+
+# Requested entries that are not in ZOO on any version, with the reason.
 LEFT_OUT: dict[str, str] = {}
 
 
