@@ -145,8 +145,8 @@ def _saver(store: CalibrationStore, name: str):
         stats = run.recorder.result()
         for kind, s in stats.items():
             if len(s["ratio"]) != run.num_steps:
-                raise RuntimeError(f"MagCacheCalibrate: {kind} has {len(s['ratio'])} of {run.num_steps} steps; "
-                                   "the sampler skipped model calls, calibration not saved")
+                raise RuntimeError(f"{kind} was computed on {len(s['ratio'])} of {run.num_steps} steps: model calls "
+                                   "were skipped (another cache in front of MagCacheCalibrate?)")
         extra = {"residual": strategy.residual}
         tea = ""
         if strategy.supports_teacache:

@@ -28,7 +28,7 @@ import comfy.utils
 
 from ..magcache_core import RunConfig, RunState
 from ..strategies import BlockStrategy, Strategy
-from .schedule import locate
+from .schedule import drops_penultimate, locate, unusable
 
 KEY = "comfyui-magcache"                 # wrapper key
 RUN_KEY = "comfyui_magcache_run"         # transformer_options key holding the current run
@@ -71,10 +71,19 @@ def patch_model(model, strategy: Strategy, config: RunConfig, on_success=None):
 def _outer_sample(config: RunConfig, strategy: Strategy, on_success, executor, *args, **kwargs):
     guider = executor.class_obj
     sigmas = args[3] if len(args) > 3 else kwargs["sigmas"]
-    ms = guider.model_patcher.model.model_sampling
+    sampler = args[2] if len(args) > 2 else kwargs.get("sampler")
+    calibrating = config.method == "calibrate"
+    reason = unusable(sigmas, sampler, calibrating)
+    if reason is not None:          # known before sampling: say so, and sample as if the node were not there
+        log.warning("MagCache %s [%s]: %s; this run %s", config.method, config.label, reason,
+                    "is not calibrated, nothing is saved" if calibrating else "computes every step")
+        return executor(*args, **kwargs)
+    # The model sampling this run will use: object patches (ModelSamplingSD3/Flux...) are applied only when
+    # the model loads, after this wrapper, so the model's own attribute can still be the unpatched one.
+    ms = guider.model_patcher.get_model_object("model_sampling")
     window = (float("inf") if config.start_percent <= 0 else float(ms.percent_to_sigma(config.start_percent)),
               float("-inf") if config.end_percent >= 1 else float(ms.percent_to_sigma(config.end_percent)))
-    offset, total = (0, len(sigmas) - 1) if config.method == "calibrate" else locate(ms, sigmas)
+    offset, total = (0, len(sigmas) - 1) if calibrating else locate(ms, sigmas, drops_penultimate(sampler))
     progress = None
     if config.method == "calibrate":
         bar = comfy.utils.ProgressBar(max(len(sigmas) - 1, 1))
@@ -90,7 +99,10 @@ def _outer_sample(config: RunConfig, strategy: Strategy, on_success, executor, *
         out = executor(*args, **kwargs)
         finished = True
         if on_success is not None:
-            on_success(state, strategy)
+            try:
+                on_success(state, strategy)
+            except Exception as e:      # noqa: BLE001 - the sampled image is worth more than the record
+                log.warning("MagCache %s [%s]: not saved: %s", config.method, config.label, e)
         return out
     finally:
         guider.model_options = orig_options

@@ -5,10 +5,20 @@ hand the sampler a contiguous slice of a schedule ComfyUI computed for more step
 does not say which; this finds the (offset, total steps) of a schedule, made by one of ComfyUI's
 own schedulers for this model, that contains the slice exactly (schedules up to 4x the slice's
 length). Custom sigmas that match none are treated as a whole run of their own length.
+
+Samplers that drop the penultimate sigma (dpm_2, uni_pc: ``KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS``)
+make a (steps + 1)-schedule less one sigma; a slice of it that stops before the end is also a slice of
+the plain (steps + 1)-schedule, so the sampler decides which is tried first. Results are remembered per
+model sampling and sigmas, so a hand-made list that matches nothing is searched once, not on every run.
+
+``unusable`` says, before sampling, why a schedule cannot be cached or calibrated at all.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
+from collections import OrderedDict
 
 import torch
 
@@ -17,6 +27,48 @@ import comfy.samplers
 log = logging.getLogger("comfyui-magcache")
 MAX_TOTAL_STEPS = 300
 MAX_SLICE_FRACTION = 4          # look for schedules up to 4x the slice (denoise >= 0.25, step ranges >= 1/4)
+OFF_SCHEDULE_SAMPLERS = ("dpm_fast", "dpm_adaptive")   # call the model at sigmas of their own choosing
+_CACHE_SIZE = 64
+_located: OrderedDict = OrderedDict()
+
+
+@functools.lru_cache(maxsize=None)
+def _sampler_functions(names: tuple[str, ...]) -> dict[str, str]:
+    """{function name: sampler name} of ComfyUI's own samplers ``names``."""
+    out = {}
+    for n in names:
+        try:
+            out[comfy.samplers.sampler_object(n).sampler_function.__name__] = n
+        except Exception:      # noqa: BLE001 - a sampler this ComfyUI does not have
+            pass
+    return out
+
+
+def sampler_name(sampler, names) -> str | None:
+    """Which of ComfyUI's samplers ``names`` the SAMPLER object is, or None."""
+    fn = getattr(sampler, "sampler_function", None)
+    return _sampler_functions(tuple(sorted(names))).get(getattr(fn, "__name__", None))
+
+
+def drops_penultimate(sampler) -> bool:
+    return sampler_name(sampler, comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS) is not None
+
+
+def unusable(sigmas: torch.Tensor, sampler, calibrating: bool) -> str | None:
+    """Why this run's schedule cannot be cached (or, ``calibrating``, recorded), or None when it can."""
+    n = len(sigmas)
+    if n < 2:
+        return f"the sampler got {n} sigma{'s' if n != 1 else ''}: nothing to sample"
+    sig = sigmas.detach().float().cpu()
+    if not bool((sig[:-1] > sig[1:]).all()):
+        return "the sigmas are not strictly decreasing (duplicated or rising values), so steps cannot be told apart"
+    if calibrating:
+        if n == 2:
+            return "a 1 step run has no step-to-step ratios to record"
+        off = sampler_name(sampler, OFF_SCHEDULE_SAMPLERS)
+        if off is not None:
+            return f"the {off} sampler calls the model at sigmas of its own, not once per step of the schedule"
+    return None
 
 
 def _schedule(model_sampling, scheduler: str, steps: int, drop_penultimate: bool) -> torch.Tensor:
@@ -27,19 +79,39 @@ def _schedule(model_sampling, scheduler: str, steps: int, drop_penultimate: bool
     return torch.cat([more[:-2], more[-1:]])
 
 
-def locate(model_sampling, sigmas: torch.Tensor) -> tuple[int, int]:
-    """(offset, total_steps) of ``sigmas`` in the schedule it was cut from; (0, len - 1) for a whole run."""
+def _model_sampling_key(model_sampling) -> tuple:
+    table = getattr(model_sampling, "sigmas", None)
+    digest = hashlib.sha1(table.detach().float().cpu().numpy().tobytes()).hexdigest() \
+        if isinstance(table, torch.Tensor) else id(model_sampling)
+    return (type(model_sampling).__qualname__, digest, float(model_sampling.sigma_max), float(model_sampling.sigma_min))
+
+
+def locate(model_sampling, sigmas: torch.Tensor, drop_penultimate: bool = False) -> tuple[int, int]:
+    """(offset, total_steps) of ``sigmas`` in the schedule it was cut from; (0, len - 1) for a whole run.
+    ``drop_penultimate``: the sampler drops the penultimate sigma (try those schedules first)."""
     n = len(sigmas) - 1
     if n < 1:
         return 0, max(n, 1)
     sig = sigmas.detach().float().cpu()
+    key = (_model_sampling_key(model_sampling), sig.numpy().tobytes(), drop_penultimate)
+    if key in _located:
+        _located.move_to_end(key)
+        return _located[key]
+    found = _search(model_sampling, sig, n, drop_penultimate)
+    _located[key] = found
+    if len(_located) > _CACHE_SIZE:
+        _located.popitem(last=False)
+    return found
+
+
+def _search(model_sampling, sig: torch.Tensor, n: int, drop_penultimate: bool) -> tuple[int, int]:
     calls = sig[:-1]                     # the sigmas the model is called at (force_full_denoise may zero the last)
     starts_at_max = torch.isclose(calls[0], torch.as_tensor(float(model_sampling.sigma_max)), rtol=1e-5)
     if starts_at_max and float(sig[-1]) == 0.0:
         return 0, n
     # Plain schedules first: a prefix of one also prefixes the dropped-penultimate one a step shorter.
     longest = min(MAX_TOTAL_STEPS, MAX_SLICE_FRACTION * n + 2)
-    for drop in (False, True):
+    for drop in ((True, False) if drop_penultimate else (False, True)):
         for total in range(n, longest + 1):
             for scheduler in comfy.samplers.SCHEDULER_NAMES:
                 try:
