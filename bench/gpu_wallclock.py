@@ -108,7 +108,9 @@ def main():
 
     # -- the model, through ComfyUI's own classes ----------------------------------------------
     t0 = time.perf_counter()
-    mc = comfy.supported_models.Flux(dict(unet_config))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_zoo import fitted      # the config fitted to this ComfyUI's FluxParams (0.33 adds txt_ids_dims)
+    mc = comfy.supported_models.Flux(fitted(unet_config))
     mc.set_inference_dtype(dtype, None)
     model = mc.get_model({}, device=dev)
     dm = model.diffusion_model
