@@ -8,7 +8,7 @@ import os
 import folder_paths
 
 from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, RunConfig, fit_coefficients
-from ..magcache_core.storage import CalibrationStore, check_name, curves_of
+from ..magcache_core.storage import CalibrationStore, check_name, curves_of, parse_json
 from ..strategies import all_presets, detect
 from .inputs import number, offload_device, window, window_and_cache_inputs
 from .patching import patch_model
@@ -23,13 +23,15 @@ def calibration_store() -> CalibrationStore:
     return CalibrationStore(os.path.join(folder_paths.get_user_directory(), "magcache", "calibrations"))
 
 
-def load_calibration(strategy, preset: str) -> dict:
-    """The calibration file a 'calibration: <name>' preset names, checked to be of this model's kind."""
-    doc = calibration_store().load(preset[len(CALIBRATION_PREFIX):], "preset")
+def load_calibration(strategy, preset: str) -> tuple[str, dict]:
+    """(name, document) of the calibration file a 'calibration: <name>' preset names, checked to be of
+    this model's kind. The name is the file's, as listed (a copied file keeps its old "name" inside)."""
+    name = preset[len(CALIBRATION_PREFIX):]
+    doc = calibration_store().load(name, "preset")
     if CALIBRATION_ALIASES.get(doc["model"], doc["model"]) != strategy.name:
-        raise MagCacheInputError("preset", f"calibration {doc['name']!r} was made on a {doc['model']} model, "
+        raise MagCacheInputError("preset", f"calibration {name!r} was made on a {doc['model']} model, "
                                            f"this model is {strategy.title}; calibrate this model instead")
-    return doc
+    return name, doc
 
 
 def resolve_curves(strategy, model, preset: str, ratios: RatioCurves | None):
@@ -50,8 +52,8 @@ def resolve_curves(strategy, model, preset: str, ratios: RatioCurves | None):
         p = strategy.presets[name]
         return p.curves, f"{name} (auto: {detected})", p.params
     if preset.startswith(CALIBRATION_PREFIX):
-        doc = load_calibration(strategy, preset)
-        return curves_of(doc), f"calibration {doc['name']!r} ({doc['steps']} steps)", None
+        name, doc = load_calibration(strategy, preset)
+        return curves_of(doc), f"calibration {name!r} ({doc['steps']} steps)", None
     if preset in strategy.presets:
         p = strategy.presets[preset]
         return p.curves, preset, p.params
@@ -178,7 +180,7 @@ class MagCacheRatios:
             raise MagCacheInputError("ratios", f"expected text, got {type(ratios).__name__}")
         text = ratios.strip()
         try:
-            value = json.loads(text)
+            value = parse_json(text, "ratios", "the ratios text")
         except json.JSONDecodeError:
             try:
                 value = [float(v) for v in text.replace("\n", ",").split(",") if v.strip()]

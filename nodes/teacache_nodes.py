@@ -30,12 +30,12 @@ def resolve_coefficients(strategy, model, preset):
         chosen = strategy.tea_presets[name]
         return chosen.params.coefficients, f"{name} (auto: {detected})", chosen
     if preset.startswith(CALIBRATION_PREFIX):
-        doc = load_calibration(strategy, preset)
+        name, doc = load_calibration(strategy, preset)
         if "teacache" not in doc:
-            raise MagCacheInputError("preset", f"calibration {doc['name']!r} has no TeaCache polynomial (it was saved "
+            raise MagCacheInputError("preset", f"calibration {name!r} has no TeaCache polynomial (it was saved "
                                                "by an older version of the pack); run MagCacheCalibrate again")
         fit = doc["teacache"]
-        return tuple(fit["coefficients"]), f"calibration {doc['name']!r} (fitted, {doc['steps']} steps)", None
+        return tuple(fit["coefficients"]), f"calibration {name!r} (fitted, {doc['steps']} steps)", None
     if preset in strategy.tea_presets:
         chosen = strategy.tea_presets[preset]
         return chosen.params.coefficients, preset, chosen

@@ -42,7 +42,10 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 MUTED, BYPASSED = 2, 4                   # LiteGraph node modes
-RUN_LINE = re.compile(r"MagCache (\w+) \[(.*?)\]: computed (\d+)/(\d+) steps \[([\d, ]*)\], skipped (\d+)")
+# RunState.summary, logged once per sampling; a step range of a longer schedule (KSamplerAdvanced,
+# denoise < 1) adds " (steps a-b of n)" after the label.
+RUN_LINE = re.compile(r"MagCache (\w+) \[(.*?)\](?: \(steps (\d+)-(\d+) of (\d+)\))?: "
+                      r"computed (\d+)/(\d+) steps \[([\d, ]*)\], skipped (\d+)")
 
 
 def ensure_tiny_wan(path: Path) -> Path:
@@ -241,9 +244,11 @@ class ComfyServer:
 
 
 def parse_runs(log: str) -> list[dict]:
-    """The pack's per-sampling summary lines: method, label, computed, total, steps, skipped."""
-    return [{"method": m[1], "label": m[2], "computed": int(m[3]), "total": int(m[4]),
-             "steps": [int(s) for s in m[5].split(",") if s.strip()], "skipped": int(m[6])}
+    """The pack's per-sampling summary lines: method, label, part ((first, last, of) for a step range
+    of a longer schedule, else None), computed, total, steps (indices in the whole schedule), skipped."""
+    return [{"method": m[1], "label": m[2], "part": (int(m[3]), int(m[4]), int(m[5])) if m[3] else None,
+             "computed": int(m[6]), "total": int(m[7]),
+             "steps": [int(s) for s in m[8].split(",") if s.strip()], "skipped": int(m[9])}
             for m in RUN_LINE.finditer(log)]
 
 

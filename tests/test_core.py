@@ -10,7 +10,7 @@ from comfyui_magcache.magcache_core import (COND, UNCOND, CalibrationRecorder, M
                                             computed_steps, nearest_interp, validate_ratios)
 from comfyui_magcache.magcache_core.storage import CalibrationStore, check_name, curves_of
 from comfyui_magcache.strategies.flux import FLUX_DEV_28
-from comfyui_magcache.strategies.wan import WAN21_T2V_1_3B
+from comfyui_magcache.strategies.wan import WAN21_I2V_720P_14B, WAN21_T2V_1_3B
 
 
 def test_core_imports_no_comfyui():
@@ -36,6 +36,22 @@ def test_interpolated_schedule_50_step_curve_at_20_steps():
     assert computed_steps(MagCacheParams(0.24, 0.2, 4), {COND: cond20}, 20) == [0, 1, 2, 3, 8, 13, 18]
     both = {COND: cond20, UNCOND: curves.for_steps(UNCOND, 20)}
     assert computed_steps(MagCacheParams(0.12, 0.2, 4), both, 20, kinds=(COND, UNCOND)) == [0, 1, 2, 3, 8, 13, 16, 18, 19]
+
+
+@pytest.mark.parametrize("curve, steps, params, rounded, truncated", [
+    (WAN21_T2V_1_3B, 25, (0.12, 0.2, 4), [0, 1, 2, 3, 4, 9, 14, 18, 21, 23, 24], [0, 1, 2, 3, 4, 9, 14, 19, 22, 24]),
+    (WAN21_I2V_720P_14B, 30, (0.04, 0.1, 4), [0, 1, 2, 5, 8, 12, 15, 18, 20, 22, 24, 25, 26, 27, 28, 29],
+     [0, 1, 2, 5, 8, 12, 15, 18, 20, 22, 24, 26, 27, 28, 29]),
+])
+def test_rounding_resample_differs_from_the_comfy_nodes_truncation(curve, steps, params, rounded, truncated):
+    """The README's example: our nearest_interp (the authors' scripts) against the authors' ComfyUI node,
+    which reads entry int(step * (L - 1) / (N - 1)); the rule is ours in both."""
+    curves = RatioCurves.interleaved(curve)
+    length = len(curves.curve(COND))
+    ours = {k: curves.for_steps(k, steps) for k in (COND, UNCOND)}
+    node = {k: [curves.curve(k)[int(j * (length - 1) / (steps - 1))] for j in range(steps)] for k in (COND, UNCOND)}
+    assert computed_steps(MagCacheParams(*params), ours, steps, kinds=(COND, UNCOND)) == rounded
+    assert computed_steps(MagCacheParams(*params), node, steps, kinds=(COND, UNCOND)) == truncated
 
 
 CFG_CURVES = {COND: [1, 1, 1, 1, 1, 1.5, 1, 1], UNCOND: [1, 1.05, 1.05, 1.3, 1, 1, 1, 1]}

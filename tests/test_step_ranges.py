@@ -1,4 +1,6 @@
 """Partial runs index the whole schedule: KSamplerAdvanced step ranges (Wan 2.2's two models) and denoise < 1."""
+import logging
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ from comfyui_magcache.magcache_core import COND, UNCOND, MagCacheParams, MagCach
 from comfyui_magcache.nodes.magcache_nodes import MagCacheApply
 from comfyui_magcache.nodes.schedule import locate
 from comfyui_magcache.strategies.wan import WanStrategy
+from comfy_server import parse_runs
 from test_comfy_magcache import BlockSteps
 from tiny_models import conds, latent, tiny_wan
 
@@ -49,15 +52,20 @@ def test_locate_finds_slices_of_comfy_schedules(sched):
     assert locate(ms, torch.tensor([0.9, 0.5, 0.0])) == (0, 2)   # custom sigmas: a whole run of their own
 
 
-def test_wan22_two_models_each_read_their_part_of_the_curve():
+def test_wan22_two_models_each_read_their_part_of_the_curve(caplog):
     high, low = tiny_wan(seed=0), tiny_wan(seed=7)
     apply = lambda m: MagCacheApply().apply(m, PRESET, PARAMS.threshold, PARAMS.retention_ratio, PARAMS.max_skips)[0]  # noqa: E731
-    with BlockSteps(high) as seen_high:
-        mid = advanced(apply(high), 20, 0, 10)
-    with BlockSteps(low) as seen_low:
-        advanced(apply(low), 20, 10, 10000, lat=mid, add_noise=False)
+    with caplog.at_level(logging.INFO, logger="comfyui-magcache"):
+        with BlockSteps(high) as seen_high:
+            mid = advanced(apply(high), 20, 0, 10)
+        with BlockSteps(low) as seen_low:
+            advanced(apply(low), 20, 10, 10000, lat=mid, add_noise=False)
     assert seen_high.steps == expected(20, 0, 10)
     assert [s + 10 for s in seen_low.steps] == expected(20, 10, 20)
+    # The summary lines the server tests read (tests/comfy_server.py) parse for step ranges too.
+    runs = parse_runs(caplog.text)
+    assert [(r["method"], r["part"], r["steps"], r["total"]) for r in runs] == [
+        ("magcache", (0, 9, 20), expected(20, 0, 10), 10), ("magcache", (10, 19, 20), expected(20, 10, 20), 10)]
     # Not what a 10-step run of its own would do: the low-noise model reads the curve's second half.
     assert [s + 10 for s in seen_low.steps] != [s + 10 for s in expected(10, 0, 10)]
 
