@@ -1,11 +1,12 @@
 """The main job: the pack in a real ComfyUI server (CPU) on its trained reference model, uncached
 vs MagCache vs TeaCache, queued over HTTP as the front end would queue
-example_workflows/magcache_reference_shapes.json:
+demo/comfyui_magcache_demo/example_workflows/Reference model with MagCache.json:
 
   1. calibrate      MagCacheCalibrate in MagCacheApply's place, one run ("a white ring", seed 999):
                     saves the ratio curve and a TeaCache fit as "shapes_demo"
   2. per prompt     (prompt i with seed i) uncached (MagCacheApply bypassed), MagCache (as the workflow is saved:
-                    'calibration: shapes_demo'), TeaCache (TeaCacheApply, 'calibration: shapes_demo')
+                    the curve in its MagCache Ratios node, the same calibration as step 1 made by
+                    demo/calibrate_reference.py), TeaCache (TeaCacheApply, 'calibration: shapes_demo')
 
 It prints, per run, the steps computed and skipped (the pack's log line), the prompt's wall time
 (the server's execution_start -> execution_success timestamps) and PSNR / SSIM of the saved image
@@ -40,7 +41,7 @@ from comfy_server import BYPASSED, ComfyServer, edited, node_id, replaced, ui_to
 from comfyui_magcache_demo.reference import MODEL_PATH  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
-WORKFLOW = ROOT / "example_workflows" / "magcache_reference_shapes.json"
+WORKFLOW = ROOT / "demo" / "comfyui_magcache_demo" / "example_workflows" / "Reference model with MagCache.json"
 CALIBRATION = "shapes_demo"
 PROMPTS = ["a red circle", "a blue triangle", "a yellow ring", "a green cross", "an orange square", "a magenta ring"]
 SCALE = 4                                   # the workflow's decode upscale (nearest neighbour)

@@ -1,5 +1,5 @@
-"""A real ComfyUI server in a subprocess, with the pack and the demo package installed, and a
-UI-workflow -> API-prompt converter. Shared by tests/test_server.py and bench/demo.py.
+"""A real ComfyUI server in a subprocess with the pack installed (and the demo package, unless
+``demo=False``), and a UI-workflow -> API-prompt converter. Shared by the server tests and bench/demo.py.
 
     with ComfyServer.start(workdir, models={"diffusion_models": [tiny_wan_file]}) as server:
         info = server.get("/object_info")
@@ -79,8 +79,9 @@ def _link(src: Path, dst: Path) -> None:
 _SKIP_TOP = {"tests", "tests-unit", ".git", "output", "input", "temp", "user", "custom_nodes", "models"}
 
 
-def prepare(workdir: Path, models: dict[str, list[Path]] | None = None) -> tuple[Path, Path]:
-    """(ComfyUI copy, base directory) inside ``workdir``, the pack and the demo package installed."""
+def prepare(workdir: Path, models: dict[str, list[Path]] | None = None, demo: bool = True) -> tuple[Path, Path]:
+    """(ComfyUI copy, base directory) inside ``workdir``, the pack installed, and the demo package
+    unless ``demo`` is false (a user's install: the pack alone)."""
     workdir = Path(workdir)
     comfy = workdir / "ComfyUI"
     if not comfy.exists():
@@ -92,9 +93,12 @@ def prepare(workdir: Path, models: dict[str, list[Path]] | None = None) -> tuple
     base = workdir / "base"
     nodes = base / "custom_nodes"
     nodes.mkdir(parents=True, exist_ok=True)
-    for name, src in ((PACK_NAME, ROOT), (DEMO_NAME, DEMO / DEMO_NAME)):
+    for name, src in ((PACK_NAME, ROOT), (DEMO_NAME, DEMO / DEMO_NAME))[:2 if demo else 1]:
         if not (nodes / name).exists():
             _link(src, nodes / name)
+    if not demo and (nodes / DEMO_NAME).exists():
+        raise RuntimeError(f"{nodes / DEMO_NAME} is installed in {workdir}; use another work folder for a server "
+                           "without the demo package")
     for folder, files in (models or {}).items():
         (base / "models" / folder).mkdir(parents=True, exist_ok=True)
         for f in files:
@@ -130,9 +134,10 @@ class ComfyServer:
     # -- life cycle --------------------------------------------------------------------------
     @classmethod
     def start(cls, workdir, models: dict[str, list[Path]] | None = None, extra_args=("--disable-api-nodes",),
-              timeout: float = 90):
-        """Starts ComfyUI on a free port and waits until it answers; ``extra_args`` go to main.py."""
-        comfy, base = prepare(Path(workdir), models)
+              timeout: float = 90, demo: bool = True):
+        """Starts ComfyUI on a free port and waits until it answers; ``extra_args`` go to main.py;
+        ``demo=False``: without the demo package, as a user who installed the pack has it."""
+        comfy, base = prepare(Path(workdir), models, demo)
         port = _free_port()
         log_path = Path(workdir) / "server.log"
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
@@ -259,6 +264,19 @@ def _is_widget(spec) -> bool:
     return (isinstance(kind, list) or kind in WIDGET_TYPES) and not opts.get("forceInput")
 
 
+def _options(spec) -> dict:
+    return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+
+
+def combo_choices(spec) -> list | None:
+    """A combo input's choices: the list itself (0.3.x style), or the options of a "COMBO" (V3 schema)."""
+    if isinstance(spec[0], list):
+        return spec[0]
+    if spec[0] == "COMBO":
+        return list(_options(spec).get("options", []))
+    return None
+
+
 def _has_seed_control(name: str, spec) -> bool:
     opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
     return bool(opts.get("control_after_generate", name in ("seed", "noise_seed") and spec[0] == "INT"))
@@ -311,6 +329,8 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 inputs[name] = values.pop(0)
                 if _has_seed_control(name, spec) and values and values[0] in SEED_CONTROLS:
                     values.pop(0)
+                if _options(spec).get("image_upload") and values and values[0] == "image":
+                    values.pop(0)                     # the front end's upload button, not an input
             if name in linked:
                 src = source(linked[name])
                 if src is not None:
@@ -322,6 +342,98 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
         prompt[str(nid)] = {"class_type": node["type"], "inputs": inputs,
                             "_meta": {"title": node.get("title") or info.get("display_name") or node["type"]}}
     return prompt
+
+
+def template_builder():
+    """example_workflows/build_workflows.py as a module (its thumbnails.py importable beside it)."""
+    import importlib.util
+    folder = ROOT / "example_workflows"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    if "build_workflows" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("build_workflows", folder / "build_workflows.py")
+        mod = sys.modules["build_workflows"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    return sys.modules["build_workflows"]
+
+
+CORE_MODULES = ("nodes", "comfy_extras.")       # python_module of ComfyUI's own nodes in /object_info
+MODEL_FILE_INPUTS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name", "lora_name"}
+
+
+def workflow_problems(workflow: dict, object_info: dict) -> list[tuple[int, str, str]]:
+    """(node id, input or "", what is wrong) for everything in a saved workflow that this server's
+    /object_info does not accept or that the front end would load wrongly: unknown node types, links
+    whose two ends disagree, socket inputs not named and ordered as the node's, widget values that do
+    not match the node's widgets in number or kind, combo values not in their list, numbers outside
+    min..max, missing required inputs. Every node is checked, muted and bypassed ones too. Inputs that
+    name a model file (MODEL_FILE_INPUTS) are reported too; their lists depend on the install."""
+    problems = []
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    for link in workflow.get("links", []):
+        link_id, src, slot, dst, dst_slot, typ = link
+        if src not in nodes or dst not in nodes:
+            problems.append((dst, "", f"link {link_id} joins missing nodes"))
+            continue
+        out, inp = nodes[src]["outputs"][slot], nodes[dst]["inputs"][dst_slot]
+        if out["type"] != typ or inp["type"] != typ or link_id not in (out.get("links") or []) or inp["link"] != link_id:
+            problems.append((dst, inp.get("name", ""), f"link {link_id} ({typ}) does not match its two ends"))
+    if workflow.get("last_link_id", 0) < max((link[0] for link in workflow.get("links", [])), default=0):
+        problems.append((0, "", "last_link_id is below a link's id"))
+    for nid, node in nodes.items():
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        info = object_info.get(node["type"])
+        if info is None:
+            problems.append((nid, "", f"node type {node['type']!r} is not in /object_info"))
+            continue
+        specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+        order = info.get("input_order") or {"required": list(info["input"].get("required", {})),
+                                             "optional": list(info["input"].get("optional", {}))}
+        names = list(order.get("required", [])) + list(order.get("optional", []))
+        sockets = [n for n in names if not _is_widget(specs[n])]
+        saved = [i["name"] for i in node.get("inputs", []) if not i.get("widget")]
+        if saved != sockets:
+            problems.append((nid, "", f"{node['type']} socket inputs {saved}, /object_info has {sockets}"))
+        for i, inp in enumerate(node.get("inputs", [])):
+            if inp["name"] in specs and not _is_widget(specs[inp["name"]]) and inp["type"] != specs[inp["name"]][0]:
+                problems.append((nid, inp["name"], f"socket type {inp['type']}, /object_info has {specs[inp['name']][0]}"))
+        for slot, out in enumerate(node.get("outputs", [])):
+            if out.get("links") and (slot >= len(info["output"]) or info["output"][slot] != out["type"]):
+                problems.append((nid, "", f"output {slot} is {out['type']}, /object_info has {info['output'][slot:slot + 1]}"))
+    live = copy.deepcopy(workflow)
+    for node in live["nodes"]:
+        node["mode"] = 0
+    try:
+        prompt = ui_to_api(live, object_info)
+    except (KeyError, ValueError) as e:
+        return problems + [(0, "", str(e))]
+    for nid, node in prompt.items():
+        info = object_info[node["class_type"]]
+        specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+        for name in info["input"].get("required", {}):
+            if name not in node["inputs"]:
+                problems.append((int(nid), name, "required input has no value or link"))
+        for name, value in node["inputs"].items():
+            spec = specs[name]
+            kind, opts, choices = spec[0], _options(spec), combo_choices(spec)
+            if isinstance(value, list):                   # a link
+                src = prompt[value[0]]["class_type"]
+                if object_info[src]["output"][value[1]] != kind and kind != "*":
+                    problems.append((int(nid), name, f"linked to a {object_info[src]['output'][value[1]]} output, needs {kind}"))
+            elif choices is not None:
+                if value not in choices:
+                    problems.append((int(nid), name, f"{value!r} is not one of its {len(choices)} choices"))
+            elif kind in ("INT", "FLOAT"):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind == "INT" and value != int(value)):
+                    problems.append((int(nid), name, f"{value!r} is not a {kind}"))
+                elif not opts.get("min", value) <= value <= opts.get("max", value):
+                    problems.append((int(nid), name, f"{value!r} is outside {opts.get('min')}..{opts.get('max')}"))
+            elif kind == "BOOLEAN" and not isinstance(value, bool):
+                problems.append((int(nid), name, f"{value!r} is not a BOOLEAN"))
+            elif kind == "STRING" and not isinstance(value, str):
+                problems.append((int(nid), name, f"{value!r} is not a STRING"))
+    return problems
 
 
 # -- editing API prompts ---------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The pack inside a real ComfyUI server (subprocess, CPU): node listing, web folder, and the example
-workflows through POST /prompt with a tiny Wan 2.1 model. About half a minute, mostly start-up."""
+"""The pack inside a real ComfyUI server (subprocess, CPU) with the demo package: node listing, web
+folder, and the demo graphs (demo/comfyui_magcache_demo/example_workflows/) through POST /prompt with a
+tiny Wan 2.1 model and the reference model. The pack's own templates: tests/test_templates.py."""
 from __future__ import annotations
 
 import copy
@@ -8,10 +9,11 @@ import json
 import pytest
 import torch
 
-from comfy_server import (BYPASSED, FRONTEND_ONLY, ROOT, TINY_WAN_FILE, ComfyServer, edited, ensure_tiny_wan,
-                          latent_diff, node_id, replaced, ui_to_api)
+from comfy_server import (BYPASSED, DEMO, DEMO_NAME, ROOT, TINY_WAN_FILE, ComfyServer, combo_choices, edited,
+                          ensure_tiny_wan, latent_diff, node_id, replaced, template_builder, ui_to_api, workflow_problems)
 
-WORKFLOWS = ROOT / "example_workflows"
+WORKFLOWS = DEMO / DEMO_NAME / "example_workflows"
+TINY_DEMO, REFERENCE = "Tiny Wan test model with MagCache", "Reference model with MagCache"
 SEED_B = 7
 
 
@@ -33,12 +35,12 @@ def object_info(server):
 
 
 def load(name: str) -> dict:
-    return json.loads((WORKFLOWS / name).read_text())
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def demo():
-    return load("magcache_tiny_wan_demo.json")
+    return load(TINY_DEMO)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +124,7 @@ def test_demo_workflow_runs_and_skips_steps(runs, server):
     assert run["method"] == "magcache" and run["total"] == 20
     assert 2 <= run["computed"] < 20 and run["skipped"] == 20 - run["computed"], run
     assert run["steps"][:4] == [0, 1, 2, 3]          # retention 0.2 of 20 steps always compute
+    assert [run["steps"]] == thumbnail_spec(TINY_DEMO)["computed"]     # what its thumbnail shows
 
     ref = runs("uncached")[1]
     max_abs, psnr = latent_diff(ref, lat)
@@ -153,38 +156,81 @@ def test_two_samplers_share_one_patched_model(server, object_info, demo, runs):
     assert torch.equal(a, alone_a) and torch.equal(b, alone_b)
 
 
-# -- the example workflows -----------------------------------------------------------------------
-def test_example_workflows_are_generated():
-    import importlib.util
-    import sys
-    spec = importlib.util.spec_from_file_location("build_workflows", WORKFLOWS / "build_workflows.py")
-    mod = sys.modules["build_workflows"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    for name in mod.WORKFLOWS:
-        assert (WORKFLOWS / name).read_text() == mod.render(name), f"{name}: run example_workflows/build_workflows.py"
+# -- the demo graphs -------------------------------------------------------------------------------
+def test_demo_graphs_are_templates_where_the_demo_package_is_installed(server):
+    """The demo package's example_workflows/ are listed (with thumbnails) by a server that has it."""
+    import urllib.parse
+    from comfy_server import PACK_NAME
+    listed = server.get("/workflow_templates")
+    names = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+    assert sorted(listed[DEMO_NAME]) == names == sorted([TINY_DEMO, REFERENCE])
+    assert PACK_NAME in listed
+    for name in names:
+        status, body = server.request(f"/api/workflow_templates/{DEMO_NAME}/{urllib.parse.quote(name)}.jpg")
+        assert status == 200 and body == (WORKFLOWS / f"{name}.jpg").read_bytes()
 
 
-MODEL_FILE_INPUTS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name"}
+def thumbnail_spec(title: str) -> dict:
+    """What a demo graph's thumbnail says a run computes (the pack's rule on the graph's curve)."""
+    mod = template_builder()
+    import thumbnails
+    return thumbnails.spec(next(t for t in mod.templates() if t.title == title))
+
+
+def test_reference_workflow_runs_on_its_first_run(server):
+    """Queued as saved on a server where nothing has been calibrated yet: it runs (its curve is in its
+    MagCache Ratios node), computes exactly the steps its thumbnail shows, and saves an image."""
+    info = server.get("/object_info")
+    presets = combo_choices(info["MagCacheApply"]["input"]["required"]["preset"])
+    assert not [p for p in presets if p.startswith("calibration: ")], "run this test before any calibration"
+    prompt = ui_to_api(load(REFERENCE), info)
+    result = server.run_prompt(edited(prompt, "SaveImage", filename_prefix="test_shapes_first_run"))
+    assert result.ok, f"{json.dumps(result.history.get('status'))[:3000]}\n{server.log_tail()}"
+    (run,) = result.runs
+    assert run["label"].endswith("custom ratios (20 steps)"), run
+    assert [run["steps"]] == thumbnail_spec(REFERENCE)["computed"], run
+    image = server.output_path(result.output(node_id(prompt, "SaveImage"), "images"))
+    assert image.is_file() and image.stat().st_size > 0
 
 
 @pytest.fixture(scope="module")
 def shapes_calibrated(server):
-    """The reference workflow's calibration step, as its note asks: MagCacheCalibrate in MagCacheApply's
-    place, saving 'shapes_demo'. Returns (the workflow as an API prompt, fresh object_info)."""
+    """The reference model's calibration through the server, as demo/calibrate_reference.py makes the
+    shipped one: MagCacheCalibrate in MagCacheApply's place, "a white ring", seed 999, saved as
+    'shapes_demo'. Returns (the workflow as an API prompt, fresh object_info, the saved file)."""
+    import quality
     info = server.get("/object_info")
-    prompt = ui_to_api(load("magcache_reference_shapes.json"), info)
+    prompt = ui_to_api(load(REFERENCE), info)
     calib = edited(replaced(prompt, "MagCacheApply", "MagCacheCalibrate", calibration_name="shapes_demo"),
-                   "KSampler", seed=999)
+                   "KSampler", seed=quality.CALIBRATION_SEED)
+    positive = calib[node_id(calib, "KSampler")]["inputs"]["positive"][0]
+    calib[positive]["inputs"]["text"] = quality.CALIBRATION_PROMPT
     result = server.run_prompt(edited(calib, "SaveImage", filename_prefix="test_shapes_calibrate"))
     assert result.ok, f"{json.dumps(result.history.get('status'))[:3000]}\n{server.log_tail()}"
     assert "MagCacheCalibrate: saved 'shapes_demo'" in result.log and "TeaCache polynomial fitted" in result.log
-    return prompt, server.get("/object_info")
+    saved = server.base / "user" / "magcache" / "calibrations" / "shapes_demo.json"
+    assert str(saved) in result.log
+    return prompt, server.get("/object_info"), json.loads(saved.read_text())
+
+
+def test_reference_workflow_curve_is_the_calibration_of_its_model(shapes_calibrated):
+    """The curve in the reference graph's MagCache Ratios node is what calibrating the reference model
+    gives on this ComfyUI (to the 4 decimals the widget keeps)."""
+    from calibrate_reference import OUT
+    saved = shapes_calibrated[2]["mag_ratios"]
+    shipped = json.loads(OUT.read_text())["mag_ratios"]
+    widget = json.loads(next(n for n in load(REFERENCE)["nodes"] if n["type"] == "MagCacheRatios")["widgets_values"][0])
+    assert sorted(saved) == sorted(shipped) == sorted(widget) == ["cond", "uncond"]
+    for kind in saved:
+        assert len(saved[kind]) == len(widget[kind]) == 20
+        assert max(abs(a - b) for a, b in zip(saved[kind], shipped[kind])) < 2e-3, kind
+        assert max(abs(round(a, 4) - b) for a, b in zip(shipped[kind], widget[kind])) == 0, kind
 
 
 def test_reference_workflow_runs_with_magcache_and_teacache(server, shapes_calibrated):
-    """The shipped reference workflow on the trained model: MagCache as saved, and TeaCache with the
-    polynomial the same calibration fitted, each compute fewer of the 20 steps and save an image."""
-    prompt, info = shapes_calibrated
+    """The reference workflow on the trained model: MagCache as saved, and TeaCache with the
+    polynomial the calibration fitted, each compute fewer of the 20 steps and save an image."""
+    prompt, info = shapes_calibrated[:2]
     assert "calibration: shapes_demo" in info["TeaCacheApply"]["input"]["required"]["preset"][0]
     tea = replaced(prompt, "MagCacheApply", "TeaCacheApply", preset="calibration: shapes_demo", rel_l1_thresh=0.1,
                    start_percent=0.0, end_percent=1.0, cache_device="main_device")
@@ -197,37 +243,7 @@ def test_reference_workflow_runs_with_magcache_and_teacache(server, shapes_calib
         assert image.is_file() and image.stat().st_size > 0
 
 
-@pytest.mark.parametrize("name", ["magcache_tiny_wan_demo.json", "magcache_wan21_t2v.json", "magcache_flux_dev.json",
-                                  "magcache_reference_shapes.json"])
-def test_example_workflow_matches_object_info(name, object_info, server, request):
-    if name == "magcache_reference_shapes.json":       # its preset is the calibration it asks for first
-        object_info = request.getfixturevalue("shapes_calibrated")[1]
-    wf = load(name)
-    assert wf["version"] == 0.4 and wf["last_link_id"] == len(wf["links"])
-    nodes = {n["id"]: n for n in wf["nodes"]}
-    for link_id, src, slot, dst, dst_slot, typ in wf["links"]:
-        assert nodes[src]["outputs"][slot]["type"] == typ and link_id in nodes[src]["outputs"][slot]["links"]
-        assert nodes[dst]["inputs"][dst_slot]["type"] == typ and nodes[dst]["inputs"][dst_slot]["link"] == link_id
-    prompt = ui_to_api(wf, object_info)               # raises on unknown types, inputs or widget counts
-    assert len(prompt) == sum(n["type"] not in FRONTEND_ONLY for n in wf["nodes"])
-    for nid, node in prompt.items():
-        info = object_info[node["class_type"]]
-        specs = {**info["input"]["required"], **info["input"].get("optional", {})}
-        assert set(info["input"]["required"]) <= set(node["inputs"]), (nid, node)
-        for key, value in node["inputs"].items():
-            kind, opts = specs[key][0], (specs[key][1] if len(specs[key]) > 1 else {})
-            if isinstance(value, list):               # a link: the source's output type must fit
-                src = prompt[value[0]]
-                assert object_info[src["class_type"]]["output"][value[1]] == kind, (nid, key)
-            elif isinstance(kind, list) and key not in MODEL_FILE_INPUTS:
-                assert value in kind, (nid, key, value)
-            elif kind in ("INT", "FLOAT"):
-                assert opts.get("min", value) <= value <= opts.get("max", value), (nid, key, value)
-    if name in ("magcache_tiny_wan_demo.json", "magcache_reference_shapes.json"):
-        return                                        # they run for real in the tests above
-    status, answer = server.post_prompt(prompt)
-    # No weights here: the server's own validation may only object to the model files.
-    assert status == 400, answer
-    errors = [e for ne in answer["node_errors"].values() for e in ne["errors"]]
-    assert errors and all(e["type"] == "value_not_in_list" and e["extra_info"]["input_name"] in MODEL_FILE_INPUTS
-                          for e in errors), errors
+@pytest.mark.parametrize("name", [TINY_DEMO, REFERENCE])
+def test_demo_graph_matches_object_info(name, object_info):
+    """Every node and value of the demo graphs fits this server (which has their model files)."""
+    assert workflow_problems(load(name), object_info) == []
