@@ -1,0 +1,246 @@
+"""The pack under ComfyUI's multi-GPU work units (ComfyUI 0.33+, ``comfy.multigpu``), against one GPU.
+
+A FLUX.1-dev-sized or Wan 2.1 14B-sized model (ComfyUI's own classes, random bf16 weights) samples one prompt
+with CFG on, so cond and uncond are work units that go to different GPUs. Each config runs on one GPU and on
+two (``comfy.multigpu.create_multigpu_deepclones``, what the MultiGPU_WorkUnits node does):
+
+  unpatched        plain ComfyUI
+  magcache         MagCacheApply (FLUX: "flux" 0.24 / 0.1 / K 5; Wan: "wan2.1_t2v_14B" 0.24 / 0.2 / K 6)
+  thresh0          MagCacheApply at threshold 0 (never skips: must equal unpatched bit for bit)
+  teacache         TeaCacheApply (FLUX: "flux" 0.4; Wan: "wan2.1_t2v_14B" 0.2)
+  calibrate        MagCacheCalibrate
+
+What is checked per config: the steps each device's first block ran (a forward pre-hook on every device's
+block 0, so a residual missing on a device would show as an extra computed step there), the output against
+the one-GPU run of the same config (bf16 noise expected: the batches differ), and threshold 0 against
+unpatched on the same devices (bit-identical). Wall clock: --warmup untimed runs, then the median of --reps,
+``torch.cuda.synchronize`` around each run.
+
+    python bench/gpu_multigpu.py --comfyui PATH --model flux --out r.json
+    python bench/gpu_multigpu.py --comfyui PATH --model wan14b --steps 20 --frames 17 --out r.json
+    python bench/gpu_multigpu.py --comfyui PATH --model flux --tiny --out /tmp/r.json     # CPU smoke test (one device)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SUMMARY_RE = re.compile(r"computed (\d+)/(\d+) steps (\[[0-9, ]*\])")
+
+FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
+                hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38,
+                axes_dim=[16, 56, 56], theta=10000, qkv_bias=True, guidance_embed=True, patch_size=2)
+WAN_14B = dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=5120,
+               ffn_dim=13824, freq_dim=256, text_dim=4096, out_dim=16, num_heads=40, num_layers=40,
+               window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6)
+TINY = {"flux": dict(FLUX_DEV, vec_in_dim=32, context_in_dim=48, hidden_size=64, mlp_ratio=2.0, num_heads=2,
+                     depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12]),
+        "wan14b": dict(WAN_14B, dim=64, ffn_dim=128, freq_dim=32, text_dim=48, num_heads=2, num_layers=2)}
+SETTINGS = {"flux": dict(preset="flux", mag=(0.24, 0.1, 5), tea=0.4, cfg=3.5),
+            "wan14b": dict(preset="wan2.1_t2v_14B", mag=(0.24, 0.2, 6), tea=0.2, cfg=5.0)}
+CONFIGS = ["unpatched", "magcache", "thresh0", "teacache", "calibrate"]
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--comfyui", required=True)
+    p.add_argument("--model", choices=sorted(SETTINGS), default="flux")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=28)
+    p.add_argument("--size", type=int, default=1024, help="FLUX: image side in pixels")
+    p.add_argument("--width", type=int, default=832, help="Wan: width in pixels")
+    p.add_argument("--height", type=int, default=480, help="Wan: height in pixels")
+    p.add_argument("--frames", type=int, default=17, help="Wan: frames")
+    p.add_argument("--tokens", type=int, default=512)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--tiny", action="store_true")
+    return p.parse_args()
+
+
+class Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def main():
+    a = parse_args()
+    sys.path.insert(0, str(Path(a.comfyui).resolve()))
+    sys.path.insert(0, str(ROOT / "tests"))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    import torch
+    import comfy.cli_args
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        comfy.cli_args.args.cpu = True
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.multigpu
+    import comfy.sample
+    import comfy.supported_models as sm
+    import folder_paths
+    from tiny_zoo import fitted
+    folder_paths.set_user_directory(tempfile.mkdtemp(prefix="magcache-bench-user-"))
+    spec = importlib.util.spec_from_file_location("comfyui_magcache", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["comfyui_magcache"] = pack
+    spec.loader.exec_module(pack)
+    nodes = pack.NODE_CLASS_MAPPINGS
+    capture = Capture()
+    logging.getLogger("comfyui-magcache").addHandler(capture)
+    st = SETTINGS[a.model]
+
+    dev = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    dtype = torch.bfloat16
+    config = TINY[a.model] if a.tiny else (FLUX_DEV if a.model == "flux" else WAN_14B)
+    t0 = time.perf_counter()
+    mc = (sm.Flux if a.model == "flux" else sm.WAN21_T2V)(fitted(config))
+    mc.set_inference_dtype(dtype, None)
+    model = mc.get_model({}, device=dev)
+    g = torch.Generator(device=dev).manual_seed(a.seed)
+    with torch.no_grad():
+        for prm in model.diffusion_model.parameters():
+            prm.normal_(0.0, 0.02, generator=g)
+    model.diffusion_model.eval()
+    base = comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=dev)
+    n_devices = torch.cuda.device_count() if cuda else 1
+    two = comfy.multigpu.create_multigpu_deepclones(base, 2) if n_devices >= 2 else None
+    build_s = time.perf_counter() - t0
+    print(f"built {a.model} ({sum(p.numel() for p in model.diffusion_model.parameters()) / 1e9:.2f} B params) "
+          f"in {build_s:.1f} s; {n_devices} device(s)", flush=True)
+
+    # -- block-0 hooks on every device's copy of the model ------------------------------------------
+    seen: dict[str, list] = {}
+
+    def hook_on(dm, label):
+        block0 = dm.double_blocks[0] if hasattr(dm, "double_blocks") else dm.blocks[0]
+
+        def pre(mod, args, kwargs):
+            to = kwargs.get("transformer_options") or {}
+            sig = to.get("sample_sigmas")
+            s = float(to["sigmas"][0]) if "sigmas" in to else None
+            step = None
+            if sig is not None and s is not None:
+                lst = sig.tolist()
+                step = min(range(len(lst) - 1), key=lambda i: abs(lst[i] - s))
+            seen.setdefault(label, []).append((step, tuple(to.get("cond_or_uncond") or ())))
+        block0.register_forward_pre_hook(pre, with_kwargs=True)
+
+    hook_on(base.model.diffusion_model, str(dev))
+    if two is not None:
+        for extra in two.get_additional_models_with_key("multigpu"):
+            hook_on(extra.model.diffusion_model, str(extra.load_device))
+
+    # -- conds and latent ------------------------------------------------------------------------------
+    gc = torch.Generator().manual_seed(a.seed + 1)
+    if a.model == "flux":
+        ctx_w = config["context_in_dim"]
+        mk = lambda: [[torch.randn(1, a.tokens, ctx_w, generator=gc).to(dtype),  # noqa: E731
+                       {"pooled_output": torch.randn(1, config["vec_in_dim"], generator=gc), "guidance": 3.5}]]
+        side = (64 if a.tiny else a.size) // 8
+        latent = torch.zeros(1, 16, side, side)
+    else:
+        ctx_w = config["text_dim"]
+        mk = lambda: [[torch.randn(1, a.tokens, ctx_w, generator=gc).to(dtype), {}]]  # noqa: E731
+        w, h, f = (64, 64, 5) if a.tiny else (a.width, a.height, a.frames)
+        latent = torch.zeros(1, 16, (f - 1) // 4 + 1, h // 8, w // 8)
+    positive, negative = mk(), mk()
+    noise = comfy.sample.prepare_noise(latent, a.seed + 2)
+
+    def make(name, m):
+        if name == "unpatched":
+            return m
+        if name == "magcache":
+            return nodes["MagCacheApply"]().apply(m, st["preset"], *st["mag"])[0]
+        if name == "thresh0":
+            return nodes["MagCacheApply"]().apply(m, st["preset"], 0.0, *st["mag"][1:])[0]
+        if name == "teacache":
+            return nodes["TeaCacheApply"]().apply(m, st["preset"], st["tea"])[0]
+        if name == "calibrate":
+            return nodes["MagCacheCalibrate"]().calibrate(m, f"bench_{a.model}")[0]
+        raise KeyError(name)
+
+    def run(m):
+        seen.clear()
+        n_lines = len(capture.lines)
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = comfy.sample.sample(m, noise, a.steps, st["cfg"], "euler", "simple", positive, negative, latent,
+                                  disable_pbar=True, seed=a.seed + 2)
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+        steps = {d: sorted({s for s, _ in calls}) for d, calls in seen.items()}
+        kinds = {d: sorted({k for _, ks in calls for k in ks}) for d, calls in seen.items()}
+        summary = [ln for ln in capture.lines[n_lines:] if SUMMARY_RE.search(ln)]
+        return out.float().cpu(), wall, steps, kinds, summary
+
+    configs = [c.strip() for c in a.configs.split(",") if c.strip()]
+    results, outs = {}, {}
+    for name in configs:
+        for where, m0 in (("1gpu", base), ("2gpu", two)):
+            if m0 is None:
+                continue
+            m = make(name, m0)
+            for _ in range(a.warmup):
+                run(m)
+            walls = []
+            for _ in range(a.reps):
+                out, wall, steps, kinds, summary = run(m)
+                walls.append(wall)
+            key = f"{name}_{where}"
+            outs[key] = out
+            results[key] = dict(wall_s_median=statistics.median(walls), wall_s=walls, steps_by_device=steps,
+                                conds_by_device=kinds, summary=summary, finite=bool(torch.isfinite(out).all()))
+            print(key, json.dumps(results[key]), flush=True)
+            del m
+
+    for key, r in results.items():
+        name, where = key.rsplit("_", 1)
+        one = outs.get(f"{name}_1gpu")
+        if where == "2gpu" and one is not None:
+            d = (outs[key] - one).abs()
+            r["max_abs_diff_vs_1gpu"] = d.max().item()
+            r["rel_l1_vs_1gpu"] = (d.mean() / one.abs().mean()).item()
+            one_steps = next(iter(results[f"{name}_1gpu"]["steps_by_device"].values()), [])
+            r["same_steps_as_1gpu_on_every_device"] = all(s == one_steps for s in r["steps_by_device"].values())
+        ref = outs.get(f"unpatched_{where}")
+        if ref is not None:
+            r["bit_identical_to_unpatched_same_devices"] = bool(torch.equal(outs[key], ref))
+            r["speedup_vs_unpatched_same_devices"] = results[f"unpatched_{where}"]["wall_s_median"] / r["wall_s_median"]
+        if f"unpatched_1gpu" in results:
+            r["speedup_vs_unpatched_1gpu"] = results["unpatched_1gpu"]["wall_s_median"] / r["wall_s_median"]
+    env = dict(torch=torch.__version__, cuda=torch.version.cuda, python=platform.python_version(),
+               gpus=[torch.cuda.get_device_name(i) for i in range(n_devices)] if cuda else None,
+               comfyui=(Path(a.comfyui) / "comfyui_version.py").read_text().split('"')[1], args=vars(a),
+               unet_config=config, latent=list(latent.shape), build_s=build_s,
+               date=time.strftime("%Y-%m-%d"))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(dict(env=env, results=results), indent=1))
+    print(f"\n{'config':<16} {'wall med s':>10} {'x vs unp 1gpu':>13} {'steps per device'}")
+    for key, r in results.items():
+        print(f"{key:<16} {r['wall_s_median']:>10.3f} {r.get('speedup_vs_unpatched_1gpu', float('nan')):>12.2f}x "
+              f"{json.dumps(r['steps_by_device'])} same_as_1gpu={r.get('same_steps_as_1gpu_on_every_device')} "
+              f"maxdiff={r.get('max_abs_diff_vs_1gpu')} bitid_unp={r.get('bit_identical_to_unpatched_same_devices')}")
+
+
+if __name__ == "__main__":
+    main()
