@@ -164,7 +164,7 @@ class BlockPatch:
                 return s.with_stream(self.key, args, ctx.skip_out)
             out = s.passthrough(self.key, args)
             if self.first:                 # a copy: models add to the stream in place between blocks (VACE
-                out["img"] = out["img"].clone()    # hints), which must not reach the embedding they reuse
+                out["img"] = _copy(out["img"])     # hints), which must not reach the embedding they reuse
             return out
         out = self._compute(args, extra)
         if self.last:
@@ -172,3 +172,8 @@ class BlockPatch:
             if mixed is not None:          # some conds of this batch take their cached residual
                 return s.with_stream(self.key, out, mixed)
         return out
+
+
+def _copy(stream):
+    """A copy of a block's stream: one tensor, or a tuple of them (LTX-2's video and audio)."""
+    return type(stream)(x.clone() for x in stream) if isinstance(stream, (tuple, list)) else stream.clone()

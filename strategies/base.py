@@ -167,6 +167,23 @@ class ModelStrategy(Strategy):
         return type(self).model_indicator is not ModelStrategy.model_indicator
 
 
+def pack_streams(streams) -> torch.Tensor:
+    """Several token streams of one batch (B, N_i, D_i) as one (B, sum N_i, max D_i) tensor, each
+    zero-padded to the widest: per-token norms, cosines and L1 sums are those of the streams, so
+    the residual, its calibration statistics and TeaCache's indicator cover every stream."""
+    width = max(x.shape[-1] for x in streams)
+    return torch.cat([torch.nn.functional.pad(x, (0, width - x.shape[-1])) for x in streams], dim=1)
+
+
+def unpack_streams(packed: torch.Tensor, like) -> tuple:
+    """``pack_streams``'s inverse: slices of ``packed`` shaped as the tensors in ``like``."""
+    out, start = [], 0
+    for x in like:
+        out.append(packed[:, start:start + x.shape[1], :x.shape[-1]].contiguous())
+        start += x.shape[1]
+    return tuple(out)
+
+
 def flux_style_modulated(block, args: dict) -> torch.Tensor:
     """(1 + scale) * img_norm1(img) + shift with the first block's image modulation (FLUX-family
     double blocks; blocks without their own modulation get it precomputed in ``vec``)."""

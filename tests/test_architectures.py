@@ -56,6 +56,8 @@ TABLE = {
     "pixart": ("generic", None, None, "model"),
     "sdxl": ("generic", None, None, "model"),
     "sd15": ("generic", None, None, "model"),
+    # --- ComfyUI 0.33: video (LTX-2, Wan subclasses) ---
+    "ltx2": ("ltx2", None, None, None),
 }
 NAMES = [n for n in TABLE if n in tiny_zoo.ZOO]
 
@@ -145,30 +147,40 @@ def with_image_tokens(x, stream, order):
     return torch.cat((x[:, :-n], stream), 1) if order == "txt_first" else torch.cat((stream, x[:, n:]), 1)
 
 
+def streams(img):
+    """A block's stream as a tuple: one tensor, or several (LTX-2: video, audio), each with its own residual."""
+    return tuple(img) if isinstance(img, (tuple, list)) else (img,)
+
+
+def like(img, parts):
+    return type(img)(parts) if isinstance(img, (tuple, list)) else parts[0]
+
+
 def oracle(model, strategy, call_c, call_t, order):
     keys = strategy.block_keys
     seen = {}
 
     def observe(key):
         def patch(args, extra):
-            if key == keys[0]:
-                seen["S"] = args["img"].clone()           # before the block: FLUX updates it in place
+            if key == keys[0]:                            # before the block: FLUX updates it in place
+                seen["S"] = [x.clone() for x in streams(args["img"])]
             out = extra["original_block"](args)
             if key == keys[-1]:
-                seen["O"] = image_tokens(out["img"], seen["S"].shape[1], order).clone()
+                seen["O"] = [image_tokens(o, s.shape[1], order).clone() for o, s in zip(streams(out["img"]), seen["S"])]
             return out
         return patch
     run_unpatched(model, call_c, {k: observe(k) for k in keys})
-    residual = seen["O"] - seen["S"]
+    residual = [o - s for o, s in zip(seen["O"], seen["S"])]
 
     def replay(key):
         def patch(args, extra):
             out = {k: args[k] for k in ("img", "txt") if k in args}
             if key == keys[0]:
-                seen["St"] = args["img"].clone()
-                out["img"] = args["img"].clone()          # as a block would: a new tensor, not the embedding
-            if key == keys[-1]:
-                out["img"] = with_image_tokens(args["img"], seen["St"] + residual, order)
+                seen["St"] = [x.clone() for x in streams(args["img"])]
+                out["img"] = like(args["img"], [x.clone() for x in streams(args["img"])])   # as a block would:
+            if key == keys[-1]:                                                             # not the embedding
+                out["img"] = like(args["img"], [with_image_tokens(x, st + r, order) for x, st, r
+                                                in zip(streams(args["img"]), seen["St"], residual)])
             return out
         return patch
     return run_unpatched(model, call_t, {k: replay(k) for k in keys})

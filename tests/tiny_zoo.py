@@ -54,6 +54,7 @@ import torch
 import comfy.model_patcher
 import comfy.sample
 import comfy.supported_models as sm
+import comfy.utils
 
 CPU = torch.device("cpu")
 
@@ -67,7 +68,8 @@ class Entry:
     config_cls: type                     # a comfy.supported_models class
     unet_config: dict                    # tiny config, passed to config_cls(...)
     context_dim: int                     # width of the text tokens (c_crossattn)
-    latent_shape: tuple                  # batch of 1; channels must match the class's latent_format
+    latent_shape: tuple                  # batch of 1; channels must match the class's latent_format; a list of
+                                         # shapes: one stream each, a NestedTensor latent (LTX-2's video + audio)
     extra: Callable = _none              # extra(generator, tokens) -> dict of extra cond keys
     init_std: float = 0.1                # std of the random weights
     dit: dict = field(default_factory=dict)   # patches_replace["dit"] keys asked per forward: {kind: count}
@@ -307,6 +309,17 @@ _ENTRIES: dict[str, Entry] = {
     # SD1.5 forces num_heads=8 -> head dim 4 at 32 channels.
     "sd15": Entry(sm.SD15, dict(UNET_BASE, model_channels=32, use_linear_in_transformer=False, context_dim=32,
                                 adm_in_channels=None), 32, (1, 4, 16, 16), init_std=0.05),
+    # --- ComfyUI 0.33: video (LTX-2, Wan subclasses) ---------------------------------------------------------------
+    # LTX-2: video (128 ch) + audio (8 ch x 16 mel bins) latents in one NestedTensor. The text is already
+    # "processed" (width 2 * caption_channels, so model_base skips the embeddings connectors, kept tiny anyway);
+    # video inner width 2*32 = cross_attention_dim, audio 2*16 = audio_cross_attention_dim.
+    "ltx2": Entry(since("LTXAV"), dict(image_model="ltxav", in_channels=128, audio_in_channels=128,
+                                       cross_attention_dim=64, attention_head_dim=32, num_attention_heads=2,
+                                       audio_cross_attention_dim=32, audio_attention_head_dim=16,
+                                       audio_num_attention_heads=2, caption_channels=32, num_layers=2,
+                                       connector_attention_head_dim=16, connector_num_attention_heads=2,
+                                       connector_num_layers=1),
+                  64, [(1, 128, 2, 4, 4), (1, 8, 5, 16)], _mask(), dit=_blocks(2)),
 }
 
 ZOO: dict[str, Entry] = {k: e for k, e in _ENTRIES.items() if e.config_cls is not None}
@@ -340,21 +353,30 @@ def conds(name, seed=1, tokens=6):
 
 
 def latent(name, batch=1):
-    """An empty (all-zero) latent of the entry's shape, as the Empty*Latent nodes make."""
-    return torch.zeros((batch,) + tuple(ZOO[name].latent_shape[1:]))
+    """An empty (all-zero) latent of the entry's shape, as the Empty*Latent nodes make (a NestedTensor of one
+    latent per stream where the entry has several shapes)."""
+    shape = ZOO[name].latent_shape
+    if isinstance(shape, list):
+        import comfy.nested_tensor
+        return comfy.nested_tensor.NestedTensor([torch.zeros((batch,) + tuple(s[1:])) for s in shape])
+    return torch.zeros((batch,) + tuple(shape[1:]))
 
 
 def sample(model, name=None, steps=4, cfg=3.0, seed=3, sampler="euler", scheduler="simple", positive=None,
            negative=None, denoise=1.0, callback=None):
-    """comfy.sample.sample on the entry's latent and conds. `model`: a ModelPatcher plus its zoo `name`, or a key."""
+    """comfy.sample.sample on the entry's latent and conds. `model`: a ModelPatcher plus its zoo `name`, or a key.
+    A nested (several-stream) result comes back packed into one tensor, as the model sees it."""
     if isinstance(model, str):
         name, model = model, build(model)
     lat = latent(name)
     if positive is None:
         positive, negative = conds(name)
     noise = comfy.sample.prepare_noise(lat, seed)
-    return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, lat,
-                               denoise=denoise, callback=callback, disable_pbar=True, seed=seed)
+    out = comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, lat,
+                              denoise=denoise, callback=callback, disable_pbar=True, seed=seed)
+    if getattr(out, "is_nested", False):        # several streams: one flat tensor, as the sampler packs them
+        out = comfy.utils.pack_latents(out.unbind())[0]
+    return out
 
 
 class _ClaimAll(dict):
