@@ -15,7 +15,10 @@ A strategy never stores the model; functions that need it get it passed.
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -54,6 +57,21 @@ def resolve(dotted: str):
         return getattr(importlib.import_module(module), name, None)
     except Exception:       # noqa: BLE001 - a model module that fails to import simply does not match
         return None
+
+
+_PATCH_CALL_WITH_OPTIONS = re.compile(r"""blocks_replace\[[^\]]*\]\(\s*\{[^}]*["']transformer_options["']\s*:""")
+
+
+@functools.lru_cache(maxsize=None)
+def patches_get_options(cls: type, method: str = "forward_orig") -> bool:
+    """Whether ``cls.<method>`` hands ``transformer_options`` to its block-replace patches, read from
+    its source (False where the source cannot be read). A patch finds the run there: without it the
+    patches cannot cache, and the model is cached whole instead (ComfyUI 0.3.75's Wan S2V)."""
+    try:
+        source = inspect.getsource(getattr(cls, method))
+    except (AttributeError, OSError, TypeError):
+        return False
+    return _PATCH_CALL_WITH_OPTIONS.search(source) is not None
 
 
 def diffusion_model(model_patcher):
