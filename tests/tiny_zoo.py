@@ -320,6 +320,56 @@ _ENTRIES: dict[str, Entry] = {
                                        connector_attention_head_dim=16, connector_num_attention_heads=2,
                                        connector_num_layers=1),
                   64, [(1, 128, 2, 4, 4), (1, 8, 5, 16)], _mask(), dit=_blocks(2)),
+    # Wan S2V (0.3.75 too, where its patches get no transformer_options): audio features (1, 25 layers, audio_dim,
+    # 4 per latent frame) injected after blocks 0 and 1; a reference frame and framepacked motion frames (8x8 so
+    # the 4x bucket is one patch) appended to the tokens.
+    "wan22_s2v": Entry(sm.WAN22_S2V, dict(WAN_BASE, model_type="s2v", audio_dim=16, num_audio_token=4,
+                                          enable_adain=True, cond_dim=16, audio_inject_layers=[0, 1],
+                                          adain_mode="attn_norm", framepack_drop_mode="padd"),
+                       32, (1, 16, 1, 8, 8),
+                       lambda g, t: {"audio_embed": torch.randn(1, 25, 16, 4, generator=g),
+                                     "reference_latents": [torch.randn(1, 16, 1, 8, 8, generator=g)],
+                                     "reference_motion": torch.randn(1, 16, 2, 8, 8, generator=g)},
+                       dit=_blocks(2)),
+    # Wan Animate 2: I2V-shaped (in 36 = 16 + 4 mask + 16 image, CLIP projection 1280 wide); latent frame 0 is the
+    # reference slot, the pose video has one latent frame per generated frame after it.
+    "wan_animate2": Entry(since("WAN_Animate2"), dict(WAN_BASE, model_type="animate2", in_dim=36), 32,
+                          (1, 16, 2, 8, 8),
+                          lambda g, t: {"pose_video_latent": torch.randn(1, 16, 1, 8, 8, generator=g)},
+                          dit=_blocks(2)),
+    # WanDancer: music features (1, frames, 35) -> a small encoder (music_dim) injected after blocks 0 and 1.
+    "wan22_wandancer": Entry(since("WAN22_WanDancer"), dict(WAN_BASE, model_type="wandancer", in_dim=36,
+                                                             audio_inject_layers=[0, 1], music_dim=16, music_heads=2,
+                                                             music_feature_dim=35, music_latent_dim=16),
+                             32, (1, 16, 2, 8, 8),
+                             lambda g, t: {"audio_embed": torch.randn(1, 8, 35, generator=g)}, dit=_blocks(2)),
+    # SCAIL: in 20 = 16 + 4 mask; reference frame in front of the video and pose tokens after it (all in the stream).
+    "wan21_scail": Entry(since("WAN21_SCAIL"), dict(WAN_BASE, model_type="scail", in_dim=20), 32, (1, 16, 2, 8, 8),
+                         lambda g, t: {"reference_latents": [torch.randn(1, 16, 1, 8, 8, generator=g)],
+                                       "pose_video_latent": torch.randn(1, 16, 2, 8, 8, generator=g)},
+                         dit=_blocks(2)),
+    # SCAIL-2: plus additive 28-channel identity masks (reference frames + video, and over the pose frames).
+    "wan21_scail2": Entry(since("WAN21_SCAIL2"), dict(WAN_BASE, model_type="scail2", in_dim=20, mask_in_dim=28), 32,
+                          (1, 16, 2, 8, 8),
+                          lambda g, t: {"reference_latents": [torch.randn(1, 16, 1, 8, 8, generator=g)],
+                                        "pose_video_latent": torch.randn(1, 16, 2, 8, 8, generator=g),
+                                        "ref_mask_28ch": torch.rand(1, 3, 28, 8, 8, generator=g).round(),
+                                        "driving_mask_28ch": torch.rand(1, 2, 28, 8, 8, generator=g).round()},
+                          dit=_blocks(2)),
+    # Causal Wan (self-forcing): WanModel weights with KV-cache blocks; an ordinary sampler goes through the patches.
+    "wan21_causal": Entry(since("WAN21_CausalAR_T2V"), dict(WAN_BASE, causal_ar=True), 32, (1, 16, 2, 8, 8),
+                          dit=_blocks(2)),
+    # FlowRVS: the plain WanModel (t2v) on its own model_base (image-to-image flow).
+    "wan21_flowrvs": Entry(since("WAN21_FlowRVS"), dict(WAN_BASE, model_type="flow_rvs"), 32, (1, 16, 1, 8, 8),
+                           dit=_blocks(2)),
+    # Fun Control: WanModel, i2v-shaped with 48 input channels (16 noise + 32 control/image, zeros here).
+    "wan21_fun_control": Entry(sm.WAN21_FunControl2V, dict(WAN_BASE, model_type="i2v", in_dim=48), 32,
+                               (1, 16, 1, 8, 8), dit=_blocks(2)),
+    # Wan 2.2 Fun Camera (0.3.75 too): t2v-shaped, in 36; Plücker camera embedding (24 ch) at 8x the latent size,
+    # pixel-unshuffled and added to the patch embedding. (HuMo is not here: its audio projection is 26M weights.)
+    "wan22_camera": Entry(sm.WAN22_Camera, dict(WAN_BASE, model_type="camera_2.2", in_dim=36), 32,
+                          (1, 16, 1, 8, 8), lambda g, t: {"camera_conditions": torch.randn(1, 24, 1, 64, 64, generator=g)},
+                          dit=_blocks(2)),
 }
 
 ZOO: dict[str, Entry] = {k: e for k, e in _ENTRIES.items() if e.config_cls is not None}
@@ -380,11 +430,13 @@ def sample(model, name=None, steps=4, cfg=3.0, seed=3, sampler="euler", schedule
 
 
 class _ClaimAll(dict):
-    """Stands in for patches_replace["dit"]: claims every key, records it, and runs the original block."""
+    """Stands in for patches_replace["dit"]: claims every key, records it (and the keys of the args the patch
+    gets), and runs the original block."""
 
     def __init__(self):
         super().__init__()
         self.seen = []
+        self.arg_keys = set()
 
     def __contains__(self, key):
         return True
@@ -395,12 +447,13 @@ class _ClaimAll(dict):
     def __getitem__(self, key):
         def patch(args, extra):
             self.seen.append(key)
+            self.arg_keys.update(args)
             return extra["original_block"](args)
         return patch
 
 
-def dit_replace_keys(model, name):
-    """{kind: count} of the keys the diffusion model asks patches_replace["dit"] for during one step (cfg 1)."""
+def _claim_all(model, name) -> _ClaimAll:
+    """One step (cfg 1) with every patches_replace["dit"] key claimed by a recorder."""
     rec = _ClaimAll()
     m = model.clone()
 
@@ -413,7 +466,17 @@ def dit_replace_keys(model, name):
 
     m.set_model_unet_function_wrapper(wrapper)
     sample(m, name, steps=1, cfg=1.0)
+    return rec
+
+
+def dit_replace_keys(model, name):
+    """{kind: count} of the keys the diffusion model asks patches_replace["dit"] for during one step (cfg 1)."""
     kinds = {}
-    for kind, _ in dict.fromkeys(rec.seen):
+    for kind, _ in dict.fromkeys(_claim_all(model, name).seen):
         kinds[kind] = kinds.get(kind, 0) + 1
     return kinds
+
+
+def dit_patch_args(model, name) -> set:
+    """The keys of the ``args`` the diffusion model hands its patches_replace["dit"] patches (one step, cfg 1)."""
+    return _claim_all(model, name).arg_keys
