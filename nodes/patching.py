@@ -120,7 +120,15 @@ def _apply_model(executor, x, t, *args, **kwargs):
     try:
         if run.strategy.level == "model":
             return _model_level_call(run, ctx, executor, x, t, args, kwargs)
-        return executor(x, t, *args, **kwargs)
+        out = executor(x, t, *args, **kwargs)
+        if not state.entered_blocks(ctx):
+            # The forward never reached our block patches (causal Wan's ar_video sampler calls its blocks
+            # directly): it computed in full; nothing is cached from it or skipped in it.
+            if not state.bypassed_calls:
+                log.warning("MagCache: %s ran without going through its block patches: those calls are not "
+                            "cached (nor calibrated)", run.strategy.title)
+            state.blocks_bypassed(ctx)
+        return out
     finally:
         state.end_call(ctx)
 
