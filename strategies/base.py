@@ -65,12 +65,13 @@ _PATCH_CALL_WITH_OPTIONS = re.compile(r"""blocks_replace\[[^\]]*\]\(\s*\{[^}]*["
 @functools.lru_cache(maxsize=None)
 def patches_get_options(cls: type, method: str = "forward_orig") -> bool:
     """Whether ``cls.<method>`` hands ``transformer_options`` to its block-replace patches, read from
-    its source (False where the source cannot be read). A patch finds the run there: without it the
-    patches cannot cache, and the model is cached whole instead (ComfyUI 0.3.75's Wan S2V)."""
+    its source. A patch finds the run there: without it the patches cannot cache, and the model is
+    cached whole instead (ComfyUI 0.3.75's Wan S2V). Where the source cannot be read, True: a run
+    whose calls then bypass the patches computes them in full and says so (``nodes/patching.py``)."""
     try:
         source = inspect.getsource(getattr(cls, method))
     except (AttributeError, OSError, TypeError):
-        return False
+        return True
     return _PATCH_CALL_WITH_OPTIONS.search(source) is not None
 
 

@@ -40,6 +40,16 @@ Gotchas
   Qwen transformer_blocks, Mochi/Hunyuan DiT/Cosmos/PixArt blocks, SD3 joint_blocks, AuraFlow double_layers +
   single_layers, Lumina2/Z-Image/OmniGen2 layers (+ refiners), HiDream double_stream_blocks + single_stream_blocks.
 
+* Several-stream latents (LTX-2: video + audio): ``latent_shape`` is a list of shapes, the latent a
+  ``comfy.nested_tensor.NestedTensor`` (the sampler packs it into one (B, 1, N) tensor and sets ``latent_shapes``);
+  ``sample`` returns that packed form. The LTX-2 block patches get ``img = (video tokens, audio tokens)``.
+* Wan Animate 2 calls its blocks' ``forward_gen`` / ``forward_pose``, not the modules: forward hooks on its blocks
+  never fire. Its pose branch, S2V's audio injectors and WanDancer's music injectors run between the block
+  patches, outside them. Causal Wan's ``ar_video`` sampler calls ``forward_block``, which asks no patches at all.
+* Wan models with an I2V-shaped cross-attention (model_type i2v internally: Animate 2, WanDancer, SCAIL, Fun
+  Control) carry the 1280-wide CLIP projection (~1.7M weights); HuMo is not in the zoo: its audio projection is
+  fixed at 26M weights.
+
 Left out: none of the requested entries had to be (``LEFT_OUT`` is empty).
 """
 from __future__ import annotations
