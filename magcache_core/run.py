@@ -91,6 +91,7 @@ class RunState:
         self.decisions: dict[int, bool] = {}              # MagCache: one decision per step
         self.key_decisions: dict[tuple[int, Hashable], bool] = {}   # TeaCache: one per step and entry
         self.computed_steps: set[int] = set()
+        self.bypassed_calls = 0                           # calls whose blocks never reached enter_blocks
         self.current: CallContext | None = None
 
     @property
@@ -163,6 +164,18 @@ class RunState:
         return torch.cat([outs[i] if key not in ctx.skip_keys else ins[i] + self.residuals.get_batch([key], ins[i])
                           for i, key in enumerate(ctx.keys)])
 
+    @staticmethod
+    def entered_blocks(ctx: CallContext) -> bool:
+        """Whether ``enter_blocks`` ran for this call (call it before ``end_call``)."""
+        return ctx.stream_in is not None or ctx.skip_out is not None
+
+    def blocks_bypassed(self, ctx: CallContext) -> None:
+        """The host ran the model, but its blocks never came through ``enter_blocks`` (a forward that
+        bypasses the host's block hooks): the call computed everything, whatever was decided, and
+        leaves no residual."""
+        ctx.skip, ctx.skip_keys = False, set()
+        self.bypassed_calls += 1
+
     def end_call(self, ctx: CallContext) -> None:
         if not ctx.skip:
             self.computed_steps.add(ctx.step)
@@ -187,8 +200,10 @@ class RunState:
         speed = len(seen) / len(done) if done else 1.0
         where = f" (steps {self.offset}-{self.offset + self.run_steps - 1} of {self.num_steps})" \
             if self.run_steps != self.num_steps else ""
+        bypassed = (f"; {self.bypassed_calls} model calls bypassed the block patches and computed in full"
+                    if self.bypassed_calls else "")
         return (f"{self.config.method} [{self.config.label}]{where}: computed {len(done)}/{len(seen)} steps "
-                f"{done}, skipped {len(skipped)} ({speed:.2f}x fewer block passes)")
+                f"{done}, skipped {len(skipped)} ({speed:.2f}x fewer block passes){bypassed}")
 
     def release(self) -> None:
         self.residuals.clear()

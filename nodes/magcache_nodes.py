@@ -145,6 +145,10 @@ class MagCacheCalibrate:
 def _saver(store: CalibrationStore, name: str):
     def save(run, strategy):
         stats = run.recorder.result()
+        if not stats:
+            raise RuntimeError(f"MagCacheCalibrate: no residual was recorded ({strategy.title}: the model's blocks "
+                               "never went through the block patches, e.g. causal Wan's ar_video sampler); "
+                               "calibrate with an ordinary sampler, calibration not saved")
         for kind, s in stats.items():
             if len(s["ratio"]) != run.num_steps:
                 raise RuntimeError(f"{kind} was computed on {len(s['ratio'])} of {run.num_steps} steps: model calls "

@@ -132,7 +132,15 @@ def _apply_model(executor, x, t, *args, **kwargs):
     try:
         if run.strategy.level == "model":
             return _model_level_call(run, ctx, executor, x, t, args, kwargs)
-        return executor(x, t, *args, **kwargs)
+        out = executor(x, t, *args, **kwargs)
+        if not state.entered_blocks(ctx):
+            # The forward never reached our block patches (causal Wan's ar_video sampler calls its blocks
+            # directly): it computed in full; nothing is cached from it or skipped in it.
+            if not state.bypassed_calls:
+                log.warning("MagCache: %s ran without going through its block patches: those calls are not "
+                            "cached (nor calibrated)", run.strategy.title)
+            state.blocks_bypassed(ctx)
+        return out
     finally:
         state.end_call(ctx)
 
@@ -176,7 +184,7 @@ class BlockPatch:
                 return s.with_stream(self.key, args, ctx.skip_out)
             out = s.passthrough(self.key, args)
             if self.first:                 # a copy: models add to the stream in place between blocks (VACE
-                out["img"] = out["img"].clone()    # hints), which must not reach the embedding they reuse
+                out["img"] = _copy(out["img"])     # hints), which must not reach the embedding they reuse
             return out
         out = self._compute(args, extra)
         if self.last:
@@ -184,3 +192,8 @@ class BlockPatch:
             if mixed is not None:          # some conds of this batch take their cached residual
                 return s.with_stream(self.key, out, mixed)
         return out
+
+
+def _copy(stream):
+    """A copy of a block's stream: one tensor, or a tuple of them (LTX-2's video and audio)."""
+    return type(stream)(x.clone() for x in stream) if isinstance(stream, (tuple, list)) else stream.clone()

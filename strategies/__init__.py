@@ -16,7 +16,7 @@ from .generic import GenericStrategy
 from .hidream import HiDreamStrategy
 from .hunyuan3d import Hunyuan3DStrategy
 from .hunyuan_video import HunyuanVideoStrategy
-from .ltxv import LTXVStrategy
+from .ltxv import LTXAVStrategy, LTXVStrategy
 from .lumina2 import Lumina2Strategy
 from .mochi import MochiStrategy
 from .qwen_image import QwenImageStrategy
@@ -25,7 +25,7 @@ from .wan import WanStrategy
 
 STRATEGIES: list[type[Strategy]] = [
     FluxStrategy, Flux2Strategy, ChromaRadianceStrategy, ChromaStrategy, QwenImageStrategy,
-    HunyuanVideoStrategy, WanStrategy, LTXVStrategy, SD3Strategy, MochiStrategy, AuraFlowStrategy,
+    HunyuanVideoStrategy, WanStrategy, LTXVStrategy, LTXAVStrategy, SD3Strategy, MochiStrategy, AuraFlowStrategy,
     Hunyuan3DStrategy, Lumina2Strategy, HiDreamStrategy,
     GenericStrategy,                      # last: takes any model
 ]

@@ -15,7 +15,10 @@ A strategy never stores the model; functions that need it get it passed.
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -54,6 +57,22 @@ def resolve(dotted: str):
         return getattr(importlib.import_module(module), name, None)
     except Exception:       # noqa: BLE001 - a model module that fails to import simply does not match
         return None
+
+
+_PATCH_CALL_WITH_OPTIONS = re.compile(r"""blocks_replace\[[^\]]*\]\(\s*\{[^}]*["']transformer_options["']\s*:""")
+
+
+@functools.lru_cache(maxsize=None)
+def patches_get_options(cls: type, method: str = "forward_orig") -> bool:
+    """Whether ``cls.<method>`` hands ``transformer_options`` to its block-replace patches, read from
+    its source. A patch finds the run there: without it the patches cannot cache, and the model is
+    cached whole instead (ComfyUI 0.3.75's Wan S2V). Where the source cannot be read, True: a run
+    whose calls then bypass the patches computes them in full and says so (``nodes/patching.py``)."""
+    try:
+        source = inspect.getsource(getattr(cls, method))
+    except (AttributeError, OSError, TypeError):
+        return True
+    return _PATCH_CALL_WITH_OPTIONS.search(source) is not None
 
 
 def diffusion_model(model_patcher):
@@ -165,6 +184,23 @@ class ModelStrategy(Strategy):
     @property
     def supports_teacache(self) -> bool:
         return type(self).model_indicator is not ModelStrategy.model_indicator
+
+
+def pack_streams(streams) -> torch.Tensor:
+    """Several token streams of one batch (B, N_i, D_i) as one (B, sum N_i, max D_i) tensor, each
+    zero-padded to the widest: per-token norms, cosines and L1 sums are those of the streams, so
+    the residual, its calibration statistics and TeaCache's indicator cover every stream."""
+    width = max(x.shape[-1] for x in streams)
+    return torch.cat([torch.nn.functional.pad(x, (0, width - x.shape[-1])) for x in streams], dim=1)
+
+
+def unpack_streams(packed: torch.Tensor, like) -> tuple:
+    """``pack_streams``'s inverse: slices of ``packed`` shaped as the tensors in ``like``."""
+    out, start = [], 0
+    for x in like:
+        out.append(packed[:, start:start + x.shape[1], :x.shape[-1]].contiguous())
+        start += x.shape[1]
+    return tuple(out)
 
 
 def flux_style_modulated(block, args: dict) -> torch.Tensor:

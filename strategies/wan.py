@@ -1,18 +1,35 @@
-"""Wan 2.1 and 2.2 (T2V, I2V, VACE, Camera, HuMo, Animate, TI2V 5B): ``comfy.ldm.wan.model.WanModel``
-and its subclasses that pass ``transformer_options`` to block patches (not S2V: it goes generic).
+"""Wan 2.1 and 2.2 (T2V, I2V, VACE, Camera, HuMo, Animate, TI2V 5B; ComfyUI 0.33: S2V, Animate 2,
+WanDancer, SCAIL / SCAIL-2, causal Wan, FlowRVS, Fun Control): ``comfy.ldm.wan.model.WanModel`` and
+its subclasses whose block patches get ``{"img", "txt", "vec", "pe", "transformer_options"}``.
 
-Residual: the video tokens entering the first block vs leaving the last block.
+Residual: the tokens entering the first block vs leaving the last block (``img``): the video tokens
+plus whatever the model appends to them for the blocks (S2V's reference and motion frames, SCAIL's
+reference and pose tokens, Animate 2's reference slot); its head drops those afterwards.
+Per-model notes:
+* S2V (``WanModel_S2V``) and WanDancer inject audio / music after every listed block, outside the
+  patches: the cached residual includes those injections, and on a skipped step they still run on the
+  passed-through stream (their result is replaced by the last block's), which costs a little.
+  ComfyUI 0.3.75's S2V hands its patches no ``transformer_options``: there it is cached whole (generic).
+* Animate 2 runs its pose branch beside every block, outside the patches ("its state has to reach
+  block i+1"): a skipped step saves the generation branch only, the pose branch still runs (or is
+  read from ComfyUI's own pose cache).
+* Causal Wan (``CausalWanModel``): an ordinary sampler runs it through the patches like Wan 2.1. Its
+  autoregressive sampler (``ar_video``) calls ``forward_block``, which bypasses the patches and calls
+  the model per chunk at the same sigmas (and at sigma 0 to fill its KV cache): nothing is cached
+  there, every call computes (``nodes/patching.py`` counts such calls as computed and says so).
 Wan 2.2 14B runs as two models (high noise, then low noise) over one schedule: each patched model
 reads its own part of the 40-step curve, because steps are indexed in the whole schedule.
 Wan 2.2 T2V/I2V 14B have the layout of Wan 2.1 14B, so 'auto' cannot tell them apart: it picks the
-2.1 curve and says so; choose the wan2.2 preset by hand.
+2.1 curve and says so; choose the wan2.2 preset by hand. 'auto' gives a published curve only to the
+plain T2V / I2V layout on ComfyUI's WAN21 / WAN22 model (not FlowRVS, Fun Control, FLF2V, reference
+conv models): the others are calibrate-only.
 TeaCache: the indicator is the first block's timestep modulation ``e0`` (``vec``), with the
 TeaCache authors' "ret_mode" coefficients for it.
 """
 from __future__ import annotations
 
 from ..magcache_core import MagCacheParams, RatioCurves, TeaCacheParams
-from .base import BlockStrategy, Preset, TeaPreset
+from .base import BlockStrategy, Preset, TeaPreset, diffusion_model, patches_get_options
 
 # Published by the MagCache authors: github.com/Zehong-Ma/ComfyUI-MagCache nodes.py at
 # 47bdd2aca97e568087c4e92d2d2f0426bdce7a37. Interleaved per step: cond, uncond, cond, uncond...
@@ -131,7 +148,10 @@ class WanStrategy(BlockStrategy):
     residual = "video tokens before the first block -> video tokens after the last block"
     model_classes = ("comfy.ldm.wan.model.WanModel", "comfy.ldm.wan.model.VaceWanModel",
                      "comfy.ldm.wan.model.CameraWanModel", "comfy.ldm.wan.model.HumoWanModel",
-                     "comfy.ldm.wan.model_animate.AnimateWanModel")
+                     "comfy.ldm.wan.model_animate.AnimateWanModel", "comfy.ldm.wan.model.WanModel_S2V",
+                     "comfy.ldm.wan.model_animate2.WanAnimate2Model", "comfy.ldm.wan.model_wandancer.WanDancerModel",
+                     "comfy.ldm.wan.model.SCAILWanModel", "comfy.ldm.wan.model.SCAIL2WanModel",
+                     "comfy.ldm.wan.ar_model.CausalWanModel")
     double_blocks = "blocks"
     presets = {
         "wan2.1_t2v_1.3B": _preset("wan2.1_t2v_1.3B", WAN21_T2V_1_3B, "Wan 2.1 T2V 1.3B, 50 steps, CFG", SMALL),
@@ -146,12 +166,17 @@ class WanStrategy(BlockStrategy):
     tea_presets = {name: TeaPreset(name, TeaCacheParams(thresh, coeffs), 0.1, f"{name} (ret_mode coefficients)")
                    for name, (coeffs, thresh) in TEA_WAN.items()}
 
+    @classmethod
+    def matches(cls, model_patcher):
+        return super().matches(model_patcher) and patches_get_options(type(diffusion_model(model_patcher)))
+
     def detect_variant(self, model_patcher):
         dm = model_patcher.model.diffusion_model
         kind = getattr(dm, "model_type", "t2v")
         cls = type(dm).__name__
-        what = f"Wan {kind.upper()} {cls} (width {dm.dim}, {dm.num_layers} blocks)"
-        if type(model_patcher.model).__name__ == "WAN22" and dm.dim == 3072:
+        base = type(model_patcher.model).__name__
+        what = f"Wan {kind.upper()} {cls} (width {dm.dim}, {dm.num_layers} blocks, {dm.in_dim} input channels, {base})"
+        if base == "WAN22" and cls == "WanModel" and dm.dim == 3072 and dm.in_dim == 48:
             return "wan2.2_ti2v_5B", None, "Wan 2.2 TI2V 5B"
         if cls == "VaceWanModel":
             if dm.dim == 1536:
@@ -159,7 +184,12 @@ class WanStrategy(BlockStrategy):
             if dm.dim == 5120:
                 return "wan2.1_t2v_14B", None, what + " (the authors' VACE 14B curve is the T2V 14B one)"
             return None, None, what
-        if cls != "WanModel":
+        # The published T2V / I2V curves fit the plain layout only: not FlowRVS (its own model_base), Fun
+        # Control (48 input channels), FLF2V (image-embedding positions) nor reference-conv models.
+        flf = getattr(getattr(dm, "img_emb", None), "emb_pos", None) is not None
+        plain = (cls == "WanModel" and base == "WAN21" and getattr(dm, "ref_conv", None) is None and not flf
+                 and dm.in_dim == {"t2v": 16, "i2v": 36}.get(kind))
+        if not plain:
             return None, None, what
         if kind == "t2v" and dm.dim == 1536:
             return "wan2.1_t2v_1.3B", "wan2.1_t2v_1.3B", what

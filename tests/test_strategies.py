@@ -18,6 +18,7 @@ def on_meta(config_cls, unet_config):
 
 
 WAN_14B = dict(WAN_CONFIG, dim=5120, num_heads=40, ffn_dim=13824, num_layers=1)
+SINCE_033 = pytest.mark.skipif(not hasattr(comfy.supported_models, "WAN21_FlowRVS"), reason="ComfyUI 0.33 model")
 
 
 @pytest.mark.parametrize("config_cls, unet, strategy, preset", [
@@ -27,6 +28,16 @@ WAN_14B = dict(WAN_CONFIG, dim=5120, num_heads=40, ffn_dim=13824, num_layers=1)
     (comfy.supported_models.WAN21_T2V, WAN_14B, "wan", "wan2.1_t2v_14B"),
     (comfy.supported_models.WAN21_I2V, dict(WAN_14B, model_type="i2v", in_dim=36), "wan", "wan2.1_i2v_480p_14B"),
     (comfy.supported_models.WAN21_T2V, WAN_CONFIG, "wan", None),
+    # Wan models of another training at a published layout's width get no published curve.
+    (comfy.supported_models.WAN21_FunControl2V, dict(WAN_14B, model_type="i2v", in_dim=48), "wan", None),
+    (comfy.supported_models.WAN21_I2V, dict(WAN_14B, model_type="i2v", in_dim=36, flf_pos_embed_token_number=514),
+     "wan", None),
+    (comfy.supported_models.WAN21_T2V, dict(WAN_14B, in_dim_ref_conv=16), "wan", None),
+    pytest.param(getattr(comfy.supported_models, "WAN21_FlowRVS", None), dict(WAN_14B, model_type="flow_rvs"),
+                 "wan", None, marks=SINCE_033),
+    pytest.param(getattr(comfy.supported_models, "WAN21_FlowRVS", None),
+                 dict(WAN_CONFIG, dim=1536, num_heads=12, ffn_dim=8960, num_layers=1, model_type="flow_rvs"),
+                 "wan", None, marks=SINCE_033),
 ])
 def test_detection_table(config_cls, unet, strategy, preset):
     model = on_meta(config_cls, unet)

@@ -40,6 +40,16 @@ Gotchas
   Qwen transformer_blocks, Mochi/Hunyuan DiT/Cosmos/PixArt blocks, SD3 joint_blocks, AuraFlow double_layers +
   single_layers, Lumina2/Z-Image/OmniGen2 layers (+ refiners), HiDream double_stream_blocks + single_stream_blocks.
 
+* Several-stream latents (LTX-2: video + audio): ``latent_shape`` is a list of shapes, the latent a
+  ``comfy.nested_tensor.NestedTensor`` (the sampler packs it into one (B, 1, N) tensor and sets ``latent_shapes``);
+  ``sample`` returns that packed form. The LTX-2 block patches get ``img = (video tokens, audio tokens)``.
+* Wan Animate 2 calls its blocks' ``forward_gen`` / ``forward_pose``, not the modules: forward hooks on its blocks
+  never fire. Its pose branch, S2V's audio injectors and WanDancer's music injectors run between the block
+  patches, outside them. Causal Wan's ``ar_video`` sampler calls ``forward_block``, which asks no patches at all.
+* Wan models with an I2V-shaped cross-attention (model_type i2v internally: Animate 2, WanDancer, SCAIL, Fun
+  Control) carry the 1280-wide CLIP projection (~1.7M weights); HuMo is not in the zoo: its audio projection is
+  fixed at 26M weights.
+
 Left out: none of the requested entries had to be (``LEFT_OUT`` is empty).
 """
 from __future__ import annotations
@@ -54,6 +64,7 @@ import torch
 import comfy.model_patcher
 import comfy.sample
 import comfy.supported_models as sm
+import comfy.utils
 
 CPU = torch.device("cpu")
 
@@ -67,7 +78,8 @@ class Entry:
     config_cls: type                     # a comfy.supported_models class
     unet_config: dict                    # tiny config, passed to config_cls(...)
     context_dim: int                     # width of the text tokens (c_crossattn)
-    latent_shape: tuple                  # batch of 1; channels must match the class's latent_format
+    latent_shape: tuple                  # batch of 1; channels must match the class's latent_format; a list of
+                                         # shapes: one stream each, a NestedTensor latent (LTX-2's video + audio)
     extra: Callable = _none              # extra(generator, tokens) -> dict of extra cond keys
     init_std: float = 0.1                # std of the random weights
     dit: dict = field(default_factory=dict)   # patches_replace["dit"] keys asked per forward: {kind: count}
@@ -307,6 +319,67 @@ _ENTRIES: dict[str, Entry] = {
     # SD1.5 forces num_heads=8 -> head dim 4 at 32 channels.
     "sd15": Entry(sm.SD15, dict(UNET_BASE, model_channels=32, use_linear_in_transformer=False, context_dim=32,
                                 adm_in_channels=None), 32, (1, 4, 16, 16), init_std=0.05),
+    # --- ComfyUI 0.33: video (LTX-2, Wan subclasses) ---------------------------------------------------------------
+    # LTX-2: video (128 ch) + audio (8 ch x 16 mel bins) latents in one NestedTensor. The text is already
+    # "processed" (width 2 * caption_channels, so model_base skips the embeddings connectors, kept tiny anyway);
+    # video inner width 2*32 = cross_attention_dim, audio 2*16 = audio_cross_attention_dim.
+    "ltx2": Entry(since("LTXAV"), dict(image_model="ltxav", in_channels=128, audio_in_channels=128,
+                                       cross_attention_dim=64, attention_head_dim=32, num_attention_heads=2,
+                                       audio_cross_attention_dim=32, audio_attention_head_dim=16,
+                                       audio_num_attention_heads=2, caption_channels=32, num_layers=2,
+                                       connector_attention_head_dim=16, connector_num_attention_heads=2,
+                                       connector_num_layers=1),
+                  64, [(1, 128, 2, 4, 4), (1, 8, 5, 16)], _mask(), dit=_blocks(2)),
+    # Wan S2V (0.3.75 too, where its patches get no transformer_options): audio features (1, 25 layers, audio_dim,
+    # 4 per latent frame) injected after blocks 0 and 1; a reference frame and framepacked motion frames (8x8 so
+    # the 4x bucket is one patch) appended to the tokens.
+    "wan22_s2v": Entry(sm.WAN22_S2V, dict(WAN_BASE, model_type="s2v", audio_dim=16, num_audio_token=4,
+                                          enable_adain=True, cond_dim=16, audio_inject_layers=[0, 1],
+                                          adain_mode="attn_norm", framepack_drop_mode="padd"),
+                       32, (1, 16, 1, 8, 8),
+                       lambda g, t: {"audio_embed": torch.randn(1, 25, 16, 4, generator=g),
+                                     "reference_latents": [torch.randn(1, 16, 1, 8, 8, generator=g)],
+                                     "reference_motion": torch.randn(1, 16, 2, 8, 8, generator=g)},
+                       dit=_blocks(2)),
+    # Wan Animate 2: I2V-shaped (in 36 = 16 + 4 mask + 16 image, CLIP projection 1280 wide); latent frame 0 is the
+    # reference slot, the pose video has one latent frame per generated frame after it.
+    "wan_animate2": Entry(since("WAN_Animate2"), dict(WAN_BASE, model_type="animate2", in_dim=36), 32,
+                          (1, 16, 2, 8, 8),
+                          lambda g, t: {"pose_video_latent": torch.randn(1, 16, 1, 8, 8, generator=g)},
+                          dit=_blocks(2)),
+    # WanDancer: music features (1, frames, 35) -> a small encoder (music_dim) injected after blocks 0 and 1.
+    "wan22_wandancer": Entry(since("WAN22_WanDancer"), dict(WAN_BASE, model_type="wandancer", in_dim=36,
+                                                             audio_inject_layers=[0, 1], music_dim=16, music_heads=2,
+                                                             music_feature_dim=35, music_latent_dim=16),
+                             32, (1, 16, 2, 8, 8),
+                             lambda g, t: {"audio_embed": torch.randn(1, 8, 35, generator=g)}, dit=_blocks(2)),
+    # SCAIL: in 20 = 16 + 4 mask; reference frame in front of the video and pose tokens after it (all in the stream).
+    "wan21_scail": Entry(since("WAN21_SCAIL"), dict(WAN_BASE, model_type="scail", in_dim=20), 32, (1, 16, 2, 8, 8),
+                         lambda g, t: {"reference_latents": [torch.randn(1, 16, 1, 8, 8, generator=g)],
+                                       "pose_video_latent": torch.randn(1, 16, 2, 8, 8, generator=g)},
+                         dit=_blocks(2)),
+    # SCAIL-2: plus additive 28-channel identity masks (reference frames + video, and over the pose frames).
+    "wan21_scail2": Entry(since("WAN21_SCAIL2"), dict(WAN_BASE, model_type="scail2", in_dim=20, mask_in_dim=28), 32,
+                          (1, 16, 2, 8, 8),
+                          lambda g, t: {"reference_latents": [torch.randn(1, 16, 1, 8, 8, generator=g)],
+                                        "pose_video_latent": torch.randn(1, 16, 2, 8, 8, generator=g),
+                                        "ref_mask_28ch": torch.rand(1, 3, 28, 8, 8, generator=g).round(),
+                                        "driving_mask_28ch": torch.rand(1, 2, 28, 8, 8, generator=g).round()},
+                          dit=_blocks(2)),
+    # Causal Wan (self-forcing): WanModel weights with KV-cache blocks; an ordinary sampler goes through the patches.
+    "wan21_causal": Entry(since("WAN21_CausalAR_T2V"), dict(WAN_BASE, causal_ar=True), 32, (1, 16, 2, 8, 8),
+                          dit=_blocks(2)),
+    # FlowRVS: the plain WanModel (t2v) on its own model_base (image-to-image flow).
+    "wan21_flowrvs": Entry(since("WAN21_FlowRVS"), dict(WAN_BASE, model_type="flow_rvs"), 32, (1, 16, 1, 8, 8),
+                           dit=_blocks(2)),
+    # Fun Control: WanModel, i2v-shaped with 48 input channels (16 noise + 32 control/image, zeros here).
+    "wan21_fun_control": Entry(sm.WAN21_FunControl2V, dict(WAN_BASE, model_type="i2v", in_dim=48), 32,
+                               (1, 16, 1, 8, 8), dit=_blocks(2)),
+    # Wan 2.2 Fun Camera (0.3.75 too): t2v-shaped, in 36; Plücker camera embedding (24 ch) at 8x the latent size,
+    # pixel-unshuffled and added to the patch embedding. (HuMo is not here: its audio projection is 26M weights.)
+    "wan22_camera": Entry(sm.WAN22_Camera, dict(WAN_BASE, model_type="camera_2.2", in_dim=36), 32,
+                          (1, 16, 1, 8, 8), lambda g, t: {"camera_conditions": torch.randn(1, 24, 1, 64, 64, generator=g)},
+                          dit=_blocks(2)),
 }
 
 ZOO: dict[str, Entry] = {k: e for k, e in _ENTRIES.items() if e.config_cls is not None}
@@ -340,29 +413,40 @@ def conds(name, seed=1, tokens=6):
 
 
 def latent(name, batch=1):
-    """An empty (all-zero) latent of the entry's shape, as the Empty*Latent nodes make."""
-    return torch.zeros((batch,) + tuple(ZOO[name].latent_shape[1:]))
+    """An empty (all-zero) latent of the entry's shape, as the Empty*Latent nodes make (a NestedTensor of one
+    latent per stream where the entry has several shapes)."""
+    shape = ZOO[name].latent_shape
+    if isinstance(shape, list):
+        import comfy.nested_tensor
+        return comfy.nested_tensor.NestedTensor([torch.zeros((batch,) + tuple(s[1:])) for s in shape])
+    return torch.zeros((batch,) + tuple(shape[1:]))
 
 
 def sample(model, name=None, steps=4, cfg=3.0, seed=3, sampler="euler", scheduler="simple", positive=None,
            negative=None, denoise=1.0, callback=None):
-    """comfy.sample.sample on the entry's latent and conds. `model`: a ModelPatcher plus its zoo `name`, or a key."""
+    """comfy.sample.sample on the entry's latent and conds. `model`: a ModelPatcher plus its zoo `name`, or a key.
+    A nested (several-stream) result comes back packed into one tensor, as the model sees it."""
     if isinstance(model, str):
         name, model = model, build(model)
     lat = latent(name)
     if positive is None:
         positive, negative = conds(name)
     noise = comfy.sample.prepare_noise(lat, seed)
-    return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, lat,
-                               denoise=denoise, callback=callback, disable_pbar=True, seed=seed)
+    out = comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, lat,
+                              denoise=denoise, callback=callback, disable_pbar=True, seed=seed)
+    if getattr(out, "is_nested", False):        # several streams: one flat tensor, as the sampler packs them
+        out = comfy.utils.pack_latents(out.unbind())[0]
+    return out
 
 
 class _ClaimAll(dict):
-    """Stands in for patches_replace["dit"]: claims every key, records it, and runs the original block."""
+    """Stands in for patches_replace["dit"]: claims every key, records it (and the keys of the args the patch
+    gets), and runs the original block."""
 
     def __init__(self):
         super().__init__()
         self.seen = []
+        self.arg_keys = set()
 
     def __contains__(self, key):
         return True
@@ -373,12 +457,13 @@ class _ClaimAll(dict):
     def __getitem__(self, key):
         def patch(args, extra):
             self.seen.append(key)
+            self.arg_keys.update(args)
             return extra["original_block"](args)
         return patch
 
 
-def dit_replace_keys(model, name):
-    """{kind: count} of the keys the diffusion model asks patches_replace["dit"] for during one step (cfg 1)."""
+def _claim_all(model, name) -> _ClaimAll:
+    """One step (cfg 1) with every patches_replace["dit"] key claimed by a recorder."""
     rec = _ClaimAll()
     m = model.clone()
 
@@ -391,7 +476,17 @@ def dit_replace_keys(model, name):
 
     m.set_model_unet_function_wrapper(wrapper)
     sample(m, name, steps=1, cfg=1.0)
+    return rec
+
+
+def dit_replace_keys(model, name):
+    """{kind: count} of the keys the diffusion model asks patches_replace["dit"] for during one step (cfg 1)."""
     kinds = {}
-    for kind, _ in dict.fromkeys(rec.seen):
+    for kind, _ in dict.fromkeys(_claim_all(model, name).seen):
         kinds[kind] = kinds.get(kind, 0) + 1
     return kinds
+
+
+def dit_patch_args(model, name) -> set:
+    """The keys of the ``args`` the diffusion model hands its patches_replace["dit"] patches (one step, cfg 1)."""
+    return _claim_all(model, name).arg_keys
