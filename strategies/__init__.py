@@ -15,6 +15,7 @@ from .flux2 import Flux2Strategy
 from .generic import GenericStrategy
 from .hidream import HiDreamStrategy
 from .hunyuan3d import Hunyuan3DStrategy
+from .hunyuan_dit import HunyuanDiTStrategy
 from .hunyuan_video import HunyuanVideoStrategy
 from .ltxv import LTXVStrategy
 from .lumina2 import Lumina2Strategy
@@ -27,6 +28,7 @@ STRATEGIES: list[type[Strategy]] = [
     FluxStrategy, Flux2Strategy, ChromaRadianceStrategy, ChromaStrategy, QwenImageStrategy,
     HunyuanVideoStrategy, WanStrategy, LTXVStrategy, SD3Strategy, MochiStrategy, AuraFlowStrategy,
     Hunyuan3DStrategy, Lumina2Strategy, HiDreamStrategy,
+    HunyuanDiTStrategy,
     GenericStrategy,                      # last: takes any model
 ]
 

@@ -52,7 +52,7 @@ TABLE = {
     "hidream": ("hidream", None, "hidream_i1_full", "model"),
     "cosmos_predict2": ("generic", None, None, "model"),
     "omnigen2": ("generic", None, None, "model"),
-    "hunyuan_dit": ("generic", None, None, "model"),
+    "hunyuan_dit": ("hunyuan_dit", None, None, None),
     "pixart": ("generic", None, None, "model"),
     "sdxl": ("generic", None, None, "model"),
     "sd15": ("generic", None, None, "model"),

@@ -279,15 +279,16 @@ _ENTRIES: dict[str, Entry] = {
                                         timestep_scale=1000.0),
                       32, (1, 16, 16, 16), _mask()),
     # Hunyuan DiT (v-prediction): CLIP stream (context, >= text_len tokens) + mT5 stream of exactly text_len_t5
-    # tokens (the attention pooler's positional table), both with masks.
+    # tokens (the attention pooler's positional table), both with masks. Depth 4 so that a long skip connection
+    # runs (block 0's output feeds block 3).
     "hunyuan_dit": Entry(sm.HunyuanDiT, dict(image_model="hydit", input_size=16, patch_size=2, in_channels=4,
-                                             hidden_size=64, depth=2, num_heads=2, mlp_ratio=2.0,
+                                             hidden_size=64, depth=4, num_heads=2, mlp_ratio=2.0,
                                              text_states_dim=32, text_states_dim_t5=24, text_len=4, text_len_t5=4),
                          32, (1, 4, 16, 16),
                          lambda g, t: {"attention_mask": torch.ones(1, t, dtype=torch.long),
                                        "conditioning_mt5xl": torch.randn(1, 4, 24, generator=g),
                                        "attention_mask_mt5xl": torch.ones(1, 4, dtype=torch.long)},
-                         init_std=0.05, dit=_blocks(2)),
+                         init_std=0.05, dit=_blocks(4)),
     # PixArt Sigma (EPS, no micro conditions). The pos-embed base size round((H+W)/2/64)*64 // patch is zero (a
     # ZeroDivisionError) unless (H+W)/2 >= 48 (round(0.5) == 0), so a 48x48 latent; patch 4 keeps 12x12 tokens.
     "pixart": Entry(sm.PixArtSigma, dict(image_model="pixart_sigma", input_size=48, patch_size=4, in_channels=4,

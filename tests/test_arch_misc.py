@@ -1,0 +1,39 @@
+"""Hunyuan-DiT, Stable Audio, Hunyuan3D 2.1, SeedVR2 and MiniMax: what test_architectures.py cannot see
+(TeaCache indicators read by hooks on the real modules; models that must stay whole-model cached)."""
+import numpy as np
+import pytest
+import torch
+
+from comfyui_magcache.magcache_core import relative_l1
+from comfyui_magcache.nodes.magcache_nodes import MagCacheCalibrate, calibration_store
+from comfyui_magcache.nodes.teacache_nodes import TeaCacheApply
+from comfyui_magcache.strategies import detect
+import tiny_zoo
+
+
+def first_block_indicator_matches(name, module, steps=6, cfg=3.0):
+    """Calibrate ``name`` while a hook reads the input of ``module`` (inside the first block); the indicator
+    changes the calibration recorded must be those of that input, per batch row; then TeaCache at threshold
+    0 on the fitted polynomial must be the uncached model, bit for bit."""
+    model = tiny_zoo.build(name)
+    seen = []
+    handle = module(model.model.diffusion_model).register_forward_pre_hook(
+        lambda mod, args: seen.append(args[0].detach().clone()))
+    try:
+        tiny_zoo.sample(MagCacheCalibrate().calibrate(model, f"{name} tea")[0], name, steps=steps, cfg=cfg)
+    finally:
+        handle.remove()
+    doc = calibration_store().load(f"{name} tea")
+    assert len(seen) == steps                                  # one CFG batch per step
+    by_row = [[x.chunk(2)[i] for x in seen] for i in range(2)]
+    expected = [[0.0] + [round(float(relative_l1(seq[t], seq[t - 1])), 6) for t in range(1, steps)] for seq in by_row]
+    recorded = [doc["stats"]["cond"]["input_l1"], doc["stats"]["uncond"]["input_l1"]]
+    for got, want in zip(sorted(recorded), sorted(expected)):
+        assert np.allclose(got, want, rtol=1e-4, atol=2e-6), (got, want)
+    assert "teacache" in doc
+    exact = TeaCacheApply().apply(model, f"calibration: {name} tea", 0.0)[0]
+    assert torch.equal(tiny_zoo.sample(exact, name, steps=steps, cfg=cfg), tiny_zoo.sample(model, name, steps=steps, cfg=cfg))
+
+
+def test_hunyuan_dit_teacache_indicator_is_the_first_self_attention_input():
+    first_block_indicator_matches("hunyuan_dit", lambda dm: dm.blocks[0].attn1)
