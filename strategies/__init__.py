@@ -22,13 +22,14 @@ from .lumina2 import Lumina2Strategy
 from .mochi import MochiStrategy
 from .qwen_image import QwenImageStrategy
 from .sd3 import SD3Strategy
+from .stable_audio import StableAudioStrategy
 from .wan import WanStrategy
 
 STRATEGIES: list[type[Strategy]] = [
     FluxStrategy, Flux2Strategy, ChromaRadianceStrategy, ChromaStrategy, QwenImageStrategy,
     HunyuanVideoStrategy, WanStrategy, LTXVStrategy, SD3Strategy, MochiStrategy, AuraFlowStrategy,
     Hunyuan3DStrategy, Lumina2Strategy, HiDreamStrategy,
-    HunyuanDiTStrategy,
+    HunyuanDiTStrategy, StableAudioStrategy,
     GenericStrategy,                      # last: takes any model
 ]
 

@@ -37,3 +37,23 @@ def first_block_indicator_matches(name, module, steps=6, cfg=3.0):
 
 def test_hunyuan_dit_teacache_indicator_is_the_first_self_attention_input():
     first_block_indicator_matches("hunyuan_dit", lambda dm: dm.blocks[0].attn1)
+
+
+def passthrough_patched(model, keys):
+    """``model`` with a block patch on each key that only runs the original block."""
+    m = model.clone()
+    for kind, i in keys:
+        m.set_model_patch_replace(lambda args, extra: extra["original_block"](args), "dit", kind, i)
+    return m
+
+
+@pytest.mark.skipif("stable_audio3" not in tiny_zoo.ZOO, reason="this ComfyUI has no Stable Audio 3")
+@pytest.mark.parametrize("name, exact", [("stable_audio3", False), ("stable_audio3_nolocal", True)])
+def test_stable_audio_block_patches_drop_local_conditioning(name, exact):
+    """Why Stable Audio weights with to_local_embed are cached as a whole model: ComfyUI's block-patch path
+    calls the layer without local_add_cond, so even a patch that only runs the block changes the output."""
+    model = tiny_zoo.build(name)
+    ref = tiny_zoo.sample(model, name, steps=2)
+    got = tiny_zoo.sample(passthrough_patched(model, [("double_block", i) for i in range(2)]), name, steps=2)
+    assert torch.equal(got, ref) == exact
+    assert detect(model).name == ("stable_audio" if exact else "generic")

@@ -8,6 +8,7 @@ step t after computed step c, the last block must leave ``S(t) + O(c) - S(c)`` (
 stream into the first block, O: the image stream out of the last).
 """
 import json
+import operator
 
 import pytest
 import torch
@@ -56,7 +57,13 @@ TABLE = {
     "pixart": ("generic", None, None, "model"),
     "sdxl": ("generic", None, None, "model"),
     "sd15": ("generic", None, None, "model"),
+    # --- ComfyUI 0.33: misc ---
+    "stable_audio": ("stable_audio", None, None, None),
+    "stable_audio3": ("generic", None, None, "model"),
+    "stable_audio3_nolocal": ("stable_audio", None, None, None),
 }
+# The image stream's key in block args where it is not "img".
+STREAM = {}
 NAMES = [n for n in TABLE if n in tiny_zoo.ZOO]
 
 
@@ -99,8 +106,8 @@ class Recorder:
 
 def block_modules(model, strategy):
     dm = model.model.diffusion_model
-    return [getattr(dm, strategy.double_blocks if kind == "double_block" else strategy.single_blocks)[i]
-            for kind, i in strategy.block_keys]
+    lists = {strategy.block_kind: strategy.double_blocks, "single_block": strategy.single_blocks}
+    return [operator.attrgetter(lists[kind])(dm)[i] for kind, i in strategy.block_keys]
 
 
 class ModuleCalls:
@@ -145,17 +152,20 @@ def with_image_tokens(x, stream, order):
     return torch.cat((x[:, :-n], stream), 1) if order == "txt_first" else torch.cat((stream, x[:, n:]), 1)
 
 
-def oracle(model, strategy, call_c, call_t, order):
+def oracle(model, strategy, call_c, call_t, order, stream="img"):
+    """``stream``: the image stream's key in a block's args (and output, when the block returns a dict;
+    a block that returns a tensor returns the stream alone)."""
     keys = strategy.block_keys
     seen = {}
 
     def observe(key):
         def patch(args, extra):
             if key == keys[0]:
-                seen["S"] = args["img"].clone()           # before the block: FLUX updates it in place
+                seen["S"] = args[stream].clone()          # before the block: FLUX updates it in place
             out = extra["original_block"](args)
+            seen[key] = list(out) if isinstance(out, dict) else None     # what the block hands on
             if key == keys[-1]:
-                seen["O"] = image_tokens(out["img"], seen["S"].shape[1], order).clone()
+                seen["O"] = image_tokens(out[stream] if isinstance(out, dict) else out, seen["S"].shape[1], order).clone()
             return out
         return patch
     run_unpatched(model, call_c, {k: observe(k) for k in keys})
@@ -163,13 +173,13 @@ def oracle(model, strategy, call_c, call_t, order):
 
     def replay(key):
         def patch(args, extra):
-            out = {k: args[k] for k in ("img", "txt") if k in args}
+            x = args[stream]
             if key == keys[0]:
-                seen["St"] = args["img"].clone()
-                out["img"] = args["img"].clone()          # as a block would: a new tensor, not the embedding
+                seen["St"] = x.clone()
+                x = x.clone()                             # as a block would: a new tensor, not the embedding
             if key == keys[-1]:
-                out["img"] = with_image_tokens(args["img"], seen["St"] + residual, order)
-            return out
+                x = with_image_tokens(x, seen["St"] + residual, order)
+            return x if seen[key] is None else {k: args[k] for k in seen[key]} | {stream: x}
         return patch
     return run_unpatched(model, call_t, {k: replay(k) for k in keys})
 
@@ -233,7 +243,7 @@ def test_forced_skips_run_no_block_and_follow_the_residual_path(arch):
                 shape = (-1,) + (1,) * (x_t.dim() - 1)
                 expected = x_t + s_t.reshape(shape) / s_c.reshape(shape) * (call_c[4] - x_c)
             else:
-                expected = oracle(model, s, call_c, call_t, order)
+                expected = oracle(model, s, call_c, call_t, order, STREAM.get(name, "img"))
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 

@@ -73,6 +73,8 @@ class Entry:
     dit: dict = field(default_factory=dict)   # patches_replace["dit"] keys asked per forward: {kind: count}
     notes: str = ""
     params: str | None = None            # the model's Params dataclass (dotted), if its kwargs all go there
+    weights: Callable | None = None      # weights() -> the state dict get_model needs besides the net (embedders)
+    buffers: Callable | None = None      # buffers(diffusion_model): fills buffers the checkpoint would (rope tables)
 
     def __post_init__(self):
         if self.params is None:
@@ -152,6 +154,31 @@ UNET_BASE = dict(use_checkpoint=False, image_size=32, use_spatial_transformer=Tr
                  out_channels=4, num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[0, 1],
                  transformer_depth_output=[0, 0, 1, 1], transformer_depth_middle=1, use_temporal_resblock=False,
                  use_temporal_attention=False)
+
+SA3_BASE = dict(audio_model="dit1.0", io_channels=256, embed_dim=64, depth=2, num_heads=2, cond_token_dim=768,
+                project_cond_tokens=True, global_cond_dim=768, input_concat_dim=0, global_cond_shared_embed=True,
+                global_cond_type="adaLN", timestep_features_type="expo", norm_type="rms_norm",
+                attn_kwargs={"qk_norm": "rms", "differential": False}, num_memory_tokens=2)
+
+
+def _seconds(*names, features=None):
+    """weights(): random Stable Audio seconds conditioners (768 wide, as model_base builds them)."""
+    def weights():
+        from comfy.ldm.audio.embedders import NumberConditioner
+        sd = {}
+        for n in names:
+            cond = NumberConditioner(768, **({} if features is None else {"fourier_features_type": features}))
+            sd.update({f"conditioner.conditioners.{n}.{k}": torch.randn(v.shape) * 0.1   # (comfy.ops layers
+                       for k, v in cond.state_dict().items()})                            # are left empty)
+        return sd
+    return weights
+
+
+def _audio_rope(dm):
+    """Stable Audio's rope inv_freq is an empty buffer that checkpoints fill: the standard table."""
+    inv = dm.transformer.rotary_pos_emb.inv_freq
+    inv.copy_(1.0 / 10000 ** (torch.arange(0, 2 * inv.shape[0], 2, dtype=torch.float32) / (2 * inv.shape[0])))
+
 
 def since(name: str):
     """``comfy.supported_models.<name>``, or None where this ComfyUI has no such class (the entry is then left
@@ -308,6 +335,26 @@ _ENTRIES: dict[str, Entry] = {
     # SD1.5 forces num_heads=8 -> head dim 4 at 32 channels.
     "sd15": Entry(sm.SD15, dict(UNET_BASE, model_channels=32, use_linear_in_transformer=False, context_dim=32,
                                 adm_in_channels=None), 32, (1, 4, 16, 16), init_std=0.05),
+    # --- ComfyUI 0.33: misc (Hunyuan-DiT is above) ------------------------------------------------------------
+    # Stable Audio Open 1.0: the seconds conditioners are fixed at 768 wide, so the text (c_crossattn, which
+    # model_base extends by the two seconds tokens) is 768 wide and global_cond_dim 2*768; the global embed is
+    # prepended to the audio tokens (global_cond_type "prepend"), as in the real model. The text is projected to
+    # the width 64 (project_cond_tokens; the real model keeps 768: 0.33 then wants 768 / head dim kv heads).
+    "stable_audio": Entry(sm.StableAudio, dict(audio_model="dit1.0", io_channels=64, embed_dim=64, depth=2,
+                                               num_heads=2, cond_token_dim=768, project_cond_tokens=True,
+                                               global_cond_dim=1536, input_concat_dim=0),
+                          768, (1, 64, 16), weights=_seconds("seconds_start", "seconds_total"), buffers=_audio_rope,
+                          dit=_blocks(2)),
+    # Stable Audio 3 as ComfyUI detects it: shared adaLN embedder, expo time features, RMS norms, memory tokens,
+    # 256-channel latent and the local (inpainting) conditioning cat(mask, image) = 257 channels, which the
+    # block patch path drops (so this layout must stay whole-model cached).
+    "stable_audio3": Entry(since("StableAudio3"), dict(SA3_BASE, local_add_cond_dim=257), 768, (1, 256, 16),
+                           weights=_seconds("seconds_total", features="expo"), buffers=_audio_rope,
+                           dit=_blocks(2)),
+    # The same without local conditioning weights: block patches are exact.
+    "stable_audio3_nolocal": Entry(since("StableAudio3"), dict(SA3_BASE), 768, (1, 256, 16),
+                                   weights=_seconds("seconds_total", features="expo"), buffers=_audio_rope,
+                                   dit=_blocks(2)),
 }
 
 ZOO: dict[str, Entry] = {k: e for k, e in _ENTRIES.items() if e.config_cls is not None}
@@ -323,11 +370,13 @@ def build(name, seed=0, std=None) -> comfy.model_patcher.ModelPatcher:
     torch.manual_seed(seed)
     cfg = e.config_cls(fit_params(e.unet_config, e.params))
     cfg.set_inference_dtype(torch.float32, None)
-    model = cfg.get_model({}, device=CPU)
+    model = cfg.get_model(e.weights() if e.weights else {}, device=CPU)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.diffusion_model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * (std or e.init_std))
+        if e.buffers is not None:
+            e.buffers(model.diffusion_model)
     model.diffusion_model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
 
