@@ -14,7 +14,7 @@ from .flux import FluxStrategy
 from .flux2 import Flux2Strategy
 from .generic import GenericStrategy
 from .hidream import HiDreamStrategy
-from .hunyuan3d import Hunyuan3DStrategy
+from .hunyuan3d import Hunyuan3D21Strategy, Hunyuan3DStrategy
 from .hunyuan_dit import HunyuanDiTStrategy
 from .hunyuan_video import HunyuanVideoStrategy
 from .ltxv import LTXVStrategy
@@ -29,7 +29,7 @@ STRATEGIES: list[type[Strategy]] = [
     FluxStrategy, Flux2Strategy, ChromaRadianceStrategy, ChromaStrategy, QwenImageStrategy,
     HunyuanVideoStrategy, WanStrategy, LTXVStrategy, SD3Strategy, MochiStrategy, AuraFlowStrategy,
     Hunyuan3DStrategy, Lumina2Strategy, HiDreamStrategy,
-    HunyuanDiTStrategy, StableAudioStrategy,
+    HunyuanDiTStrategy, StableAudioStrategy, Hunyuan3D21Strategy,
     GenericStrategy,                      # last: takes any model
 ]
 

@@ -61,9 +61,11 @@ TABLE = {
     "stable_audio": ("stable_audio", None, None, None),
     "stable_audio3": ("generic", None, None, "model"),
     "stable_audio3_nolocal": ("stable_audio", None, None, None),
+    "hunyuan3d_mini": ("hunyuan3d", None, None, "txt_first"),
+    "hunyuan3d21": ("hunyuan3d21", None, None, None),
 }
 # The image stream's key in block args where it is not "img".
-STREAM = {}
+STREAM = {"hunyuan3d21": "x"}
 NAMES = [n for n in TABLE if n in tiny_zoo.ZOO]
 
 

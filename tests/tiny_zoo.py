@@ -355,6 +355,18 @@ _ENTRIES: dict[str, Entry] = {
     "stable_audio3_nolocal": Entry(since("StableAudio3"), dict(SA3_BASE), 768, (1, 256, 16),
                                    weights=_seconds("seconds_total", features="expo"), buffers=_audio_rope,
                                    dit=_blocks(2)),
+    # Hunyuan3D 2mini: the 2.0 network (here at the 2.0 entry's size) under its own supported_models class.
+    "hunyuan3d_mini": Entry(sm.Hunyuan3Dv2mini, dict(image_model="hunyuan3d2", in_channels=64, context_in_dim=32,
+                                                     hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=2,
+                                                     depth_single_blocks=2),
+                            32, (1, 64, 16), dit=_blocks(2, 2)),
+    # Hunyuan3D 2.1: depth 4 so that a long skip runs (block 0 -> block 3), the last block a MoE (2 experts, top 1).
+    # ComfyUI 0.3.75's forward needs a CFG batch (it splits the image features in two).
+    "hunyuan3d21": Entry(sm.Hunyuan3Dv2_1, dict(image_model="hunyuan3d2_1", in_channels=64, hidden_size=64,
+                                                context_dim=32, depth=4, num_heads=2, qk_norm=True, qkv_bias=False,
+                                                num_moe_layers=1, num_experts=2, moe_top_k=1,
+                                                guidance_cond_proj_dim=None),
+                         32, (1, 64, 16), dit={"block": 4}),
 }
 
 ZOO: dict[str, Entry] = {k: e for k, e in _ENTRIES.items() if e.config_cls is not None}
