@@ -22,6 +22,7 @@ from .lumina2 import Lumina2Strategy
 from .mochi import MochiStrategy
 from .qwen_image import QwenImageStrategy
 from .sd3 import SD3Strategy
+from .seedvr2 import SeedVR2Strategy
 from .stable_audio import StableAudioStrategy
 from .wan import WanStrategy
 
@@ -29,7 +30,7 @@ STRATEGIES: list[type[Strategy]] = [
     FluxStrategy, Flux2Strategy, ChromaRadianceStrategy, ChromaStrategy, QwenImageStrategy,
     HunyuanVideoStrategy, WanStrategy, LTXVStrategy, SD3Strategy, MochiStrategy, AuraFlowStrategy,
     Hunyuan3DStrategy, Lumina2Strategy, HiDreamStrategy,
-    HunyuanDiTStrategy, StableAudioStrategy, Hunyuan3D21Strategy,
+    HunyuanDiTStrategy, StableAudioStrategy, Hunyuan3D21Strategy, SeedVR2Strategy,
     GenericStrategy,                      # last: takes any model
 ]
 

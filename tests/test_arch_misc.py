@@ -57,3 +57,23 @@ def test_stable_audio_block_patches_drop_local_conditioning(name, exact):
     got = tiny_zoo.sample(passthrough_patched(model, [("double_block", i) for i in range(2)]), name, steps=2)
     assert torch.equal(got, ref) == exact
     assert detect(model).name == ("stable_audio" if exact else "generic")
+
+
+@pytest.mark.skipif("seedvr2" not in tiny_zoo.ZOO, reason="this ComfyUI has no SeedVR2")
+def test_seedvr2_output_layer_needs_the_first_block():
+    """Why SeedVR2's span starts at block 1: with every block passed through (as a skipped call would),
+    the output adaLN misses what block 0 leaves in the model's per-call memo and the model fails; with
+    block 0 running and the rest passed through, it runs."""
+    model = tiny_zoo.build("seedvr2")
+    keys = [("block", i) for i in range(4)]
+
+    def through(model, skipped):
+        m = model.clone()
+        for kind, i in skipped:
+            m.set_model_patch_replace(lambda args, extra: {k: args[k] for k in ("vid", "txt", "vid_shape", "txt_shape")},
+                                      "dit", kind, i)
+        return m
+    with pytest.raises(RuntimeError, match="must match the size"):
+        tiny_zoo.sample(through(model, keys), "seedvr2", steps=1)
+    assert torch.isfinite(tiny_zoo.sample(through(model, keys[1:]), "seedvr2", steps=1)).all()
+    assert detect(model).block_keys == keys[1:]

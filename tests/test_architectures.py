@@ -63,9 +63,10 @@ TABLE = {
     "stable_audio3_nolocal": ("stable_audio", None, None, None),
     "hunyuan3d_mini": ("hunyuan3d", None, None, "txt_first"),
     "hunyuan3d21": ("hunyuan3d21", None, None, None),
+    "seedvr2": ("seedvr2", None, None, None),
 }
 # The image stream's key in block args where it is not "img".
-STREAM = {"hunyuan3d21": "x"}
+STREAM = {"hunyuan3d21": "x", "seedvr2": "vid"}
 NAMES = [n for n in TABLE if n in tiny_zoo.ZOO]
 
 

@@ -367,6 +367,16 @@ _ENTRIES: dict[str, Entry] = {
                                                 num_moe_layers=1, num_experts=2, moe_top_k=1,
                                                 guidance_cond_proj_dim=None),
                          32, (1, 64, 16), dit={"block": 4}),
+    # SeedVR2 (3B layout: mmrope3d, SwiGLU, output norm; an even depth, the blocks alternate two window kinds;
+    # the strategy's span starts at block 1): emb_dim is 6 * vid_dim; the text width txt_in_dim is
+    # free (the real 5120 only binds the model's own positive/negative embeddings, unused when a text is given).
+    # "condition" (SeedVR2Conditioning: the VAE latent of the input video + a ones mask) has the latent's shape
+    # plus one channel.
+    "seedvr2": Entry(since("SeedVR2"), dict(image_model="seedvr2", vid_dim=64, heads=2, head_dim=32, num_layers=4,
+                                            mm_layers=1, norm_eps=1e-5, mlp_type="swiglu", vid_out_norm=True,
+                                            txt_in_dim=32, rope_dim=16),
+                     32, (1, 16, 1, 8, 8), lambda g, t: {"condition": torch.randn(1, 17, 1, 8, 8, generator=g)},
+                     dit={"block": 4}),
 }
 
 ZOO: dict[str, Entry] = {k: e for k, e in _ENTRIES.items() if e.config_cls is not None}
