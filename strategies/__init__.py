@@ -19,6 +19,7 @@ from .hunyuan_dit import HunyuanDiTStrategy
 from .hunyuan_video import HunyuanVideoStrategy
 from .ltxv import LTXVStrategy
 from .lumina2 import Lumina2Strategy
+from .minimax import MiniMaxH3Strategy
 from .mochi import MochiStrategy
 from .qwen_image import QwenImageStrategy
 from .sd3 import SD3Strategy
@@ -30,7 +31,7 @@ STRATEGIES: list[type[Strategy]] = [
     FluxStrategy, Flux2Strategy, ChromaRadianceStrategy, ChromaStrategy, QwenImageStrategy,
     HunyuanVideoStrategy, WanStrategy, LTXVStrategy, SD3Strategy, MochiStrategy, AuraFlowStrategy,
     Hunyuan3DStrategy, Lumina2Strategy, HiDreamStrategy,
-    HunyuanDiTStrategy, StableAudioStrategy, Hunyuan3D21Strategy, SeedVR2Strategy,
+    HunyuanDiTStrategy, StableAudioStrategy, Hunyuan3D21Strategy, SeedVR2Strategy, MiniMaxH3Strategy,
     GenericStrategy,                      # last: takes any model
 ]
 

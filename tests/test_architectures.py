@@ -64,6 +64,7 @@ TABLE = {
     "hunyuan3d_mini": ("hunyuan3d", None, None, "txt_first"),
     "hunyuan3d21": ("hunyuan3d21", None, None, None),
     "seedvr2": ("seedvr2", None, None, None),
+    "minimax_h3": ("minimax_h3", None, None, None),
 }
 # The image stream's key in block args where it is not "img".
 STREAM = {"hunyuan3d21": "x", "seedvr2": "vid"}

@@ -180,6 +180,12 @@ def _audio_rope(dm):
     inv.copy_(1.0 / 10000 ** (torch.arange(0, 2 * inv.shape[0], 2, dtype=torch.float32) / (2 * inv.shape[0])))
 
 
+def _minimax_rope(dm):
+    """MiniMax H3's rope inv_freq is an empty buffer that checkpoints fill: a standard table."""
+    inv = dm.rope.inv_freq
+    inv.copy_(1.0 / 10000 ** (torch.arange(inv.shape[0], dtype=torch.float32) / inv.shape[0]))
+
+
 def since(name: str):
     """``comfy.supported_models.<name>``, or None where this ComfyUI has no such class (the entry is then left
     out of ZOO: architectures that newer ComfyUI added are tested on the versions that have them)."""
@@ -377,6 +383,15 @@ _ENTRIES: dict[str, Entry] = {
                                             txt_in_dim=32, rope_dim=16),
                      32, (1, 16, 1, 8, 8), lambda g, t: {"condition": torch.randn(1, 17, 1, 8, 8, generator=g)},
                      dit={"block": 4}),
+    # MiniMax H3 (audio + video in one packed single-stream sequence, batch size 1): latents video (24 channels,
+    # even H/W for its 2x2 patches) + stereo audio (32 channels, round(5/3 * frames) steps); head_dim >= 6 *
+    # rope_inv_freq_len (partial rope). The text is refined once per run (model_base.extra_conds).
+    "minimax_h3": Entry(since("MiniMaxH3"), dict(image_model="minimax_h3", hidden_size=64, num_layers=2,
+                                                 token_refiner_num_layers=1, num_attention_heads=2,
+                                                 attention_head_dim=32, ffn_hidden_size=64, text_dim=32,
+                                                 timestep_input_dim=32, time_embed_hidden_size=64,
+                                                 time_embed_dim=32, rope_inv_freq_len=4),
+                        32, ((1, 24, 1, 4, 4), (1, 32, 2, 2)), buffers=_minimax_rope, init_std=0.2, dit=_blocks(2)),
 }
 
 ZOO: dict[str, Entry] = {k: e for k, e in _ENTRIES.items() if e.config_cls is not None}
@@ -412,8 +427,12 @@ def conds(name, seed=1, tokens=6):
 
 
 def latent(name, batch=1):
-    """An empty (all-zero) latent of the entry's shape, as the Empty*Latent nodes make."""
-    return torch.zeros((batch,) + tuple(ZOO[name].latent_shape[1:]))
+    """An empty (all-zero) latent of the entry's shape, as the Empty*Latent nodes make; a shape of shapes (an
+    audio-video model's streams) gives a NestedTensor of them."""
+    shape = ZOO[name].latent_shape
+    if isinstance(shape[0], tuple):
+        return importlib.import_module("comfy.nested_tensor").NestedTensor([torch.zeros((batch,) + tuple(s[1:])) for s in shape])
+    return torch.zeros((batch,) + tuple(shape[1:]))
 
 
 def sample(model, name=None, steps=4, cfg=3.0, seed=3, sampler="euler", scheduler="simple", positive=None,
@@ -425,8 +444,11 @@ def sample(model, name=None, steps=4, cfg=3.0, seed=3, sampler="euler", schedule
     if positive is None:
         positive, negative = conds(name)
     noise = comfy.sample.prepare_noise(lat, seed)
-    return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, lat,
-                               denoise=denoise, callback=callback, disable_pbar=True, seed=seed)
+    out = comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, lat,
+                              denoise=denoise, callback=callback, disable_pbar=True, seed=seed)
+    if getattr(out, "is_nested", False):       # several streams: packed into one tensor, as the sampler runs them
+        out = importlib.import_module("comfy.utils").pack_latents(out.unbind())[0]
+    return out
 
 
 class _ClaimAll(dict):
