@@ -77,3 +77,14 @@ def test_seedvr2_output_layer_needs_the_first_block():
         tiny_zoo.sample(through(model, keys), "seedvr2", steps=1)
     assert torch.isfinite(tiny_zoo.sample(through(model, keys[1:]), "seedvr2", steps=1)).all()
     assert detect(model).block_keys == keys[1:]
+
+
+@pytest.mark.skipif(tiny_zoo.since("MiniMaxMusic3") is None, reason="this ComfyUI has no MiniMax Music 3")
+def test_minimax_music3_goes_generic():
+    """MiniMax Music 3's network has fixed full-size layers (no tiny version; built here on the meta device) and
+    no block patches: the whole model is cached."""
+    import comfy.model_patcher
+    meta = torch.device("meta")
+    model = tiny_zoo.since("MiniMaxMusic3")({"audio_model": "minimax_music3"}).get_model({}, device=meta)
+    s = detect(comfy.model_patcher.ModelPatcher(model, load_device=meta, offload_device=meta))
+    assert s.name == "generic" and s.level == "model"
