@@ -173,9 +173,11 @@ class BlockPatch:
         if ctx.skip:                       # every block passes through; the last returns input + residual
             if self.last:
                 return s.with_stream(self.key, args, ctx.skip_out)
-            if self.first:                 # a copy: models add to the stream in place between blocks (VACE
-                return s.with_stream(self.key, args, s.stream_in(self.key, args).clone())   # hints), which
-            return s.passthrough(self.key, args)                    # must not reach the embedding they reuse
+            if self.first:
+                # A copy: models add to the stream in place between blocks (VACE hints), which must
+                # not reach the embedding they reuse.
+                return s.with_stream(self.key, args, s.stream_in(self.key, args).clone())
+            return s.passthrough(self.key, args)
         out = self._compute(args, extra)
         if self.last:
             mixed = state.leave_blocks(ctx, s.stream_out(self.key, out, ctx.stream_in.shape[1]))
