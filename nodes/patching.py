@@ -12,12 +12,15 @@
 * Block strategies: one block-replace patch per transformer block (``patches_replace["dit"]``):
   the first block notes the image stream (and TeaCache's modulated input), a skipped call passes
   every block through and the last block returns ``stream_in + cached residual``; a computed call
-  runs the blocks and the last one stores ``stream_out - stream_in``.
+  runs the blocks and the last one stores ``stream_out - stream_in``. A block patch finds the run
+  in its args' transformer_options, or, where the model passes none there, in the model call the
+  APPLY_MODEL wrapper has open (a context variable).
 
 Nothing is written onto the diffusion model and no method is replaced.
 """
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 from dataclasses import dataclass
@@ -43,6 +46,11 @@ class Run:
     state: RunState
     strategy: Strategy
     diffusion_model: object
+
+
+# The run of the model call in progress, for block patches whose args carry no transformer_options
+# (Hunyuan-DiT, Hunyuan3D 2.1, SeedVR2 pass only the block's own inputs).
+_CALL_RUN: contextvars.ContextVar[Run | None] = contextvars.ContextVar("comfyui_magcache_call_run", default=None)
 
 
 def patch_model(model, strategy: Strategy, config: RunConfig, on_success=None):
@@ -129,6 +137,7 @@ def _apply_model(executor, x, t, *args, **kwargs):
         keys = list(range(len(kinds))) if len(set(kinds)) != len(kinds) else kinds
     state = run.state
     ctx = state.begin_call(float(t.flatten()[0]), keys, kinds)
+    token = _CALL_RUN.set(run)
     try:
         if run.strategy.level == "model":
             return _model_level_call(run, ctx, executor, x, t, args, kwargs)
@@ -142,6 +151,7 @@ def _apply_model(executor, x, t, *args, **kwargs):
             state.blocks_bypassed(ctx)
         return out
     finally:
+        _CALL_RUN.reset(token)
         state.end_call(ctx)
 
 
@@ -170,7 +180,8 @@ class BlockPatch:
         return self.prev(args, extra) if self.prev is not None else extra["original_block"](args)
 
     def __call__(self, args, extra):
-        run: Run | None = (args.get("transformer_options") or {}).get(RUN_KEY)
+        to = args.get("transformer_options")
+        run: Run | None = to.get(RUN_KEY) if isinstance(to, dict) else _CALL_RUN.get()
         state = run.state if run is not None else None
         ctx = state.current if state is not None else None
         if ctx is None:
@@ -182,10 +193,11 @@ class BlockPatch:
         if ctx.skip:                       # every block passes through; the last returns input + residual
             if self.last:
                 return s.with_stream(self.key, args, ctx.skip_out)
-            out = s.passthrough(self.key, args)
-            if self.first:                 # a copy: models add to the stream in place between blocks (VACE
-                out["img"] = _copy(out["img"])     # hints), which must not reach the embedding they reuse
-            return out
+            if self.first:
+                # A copy: models add to the stream in place between blocks (VACE hints), which must
+                # not reach the embedding they reuse.
+                return s.with_stream(self.key, args, s.stream_in(self.key, args).clone())
+            return s.passthrough(self.key, args)
         out = self._compute(args, extra)
         if self.last:
             mixed = state.leave_blocks(ctx, s.stream_out(self.key, out, ctx.stream_in.shape[1]))
@@ -193,7 +205,3 @@ class BlockPatch:
                 return s.with_stream(self.key, out, mixed)
         return out
 
-
-def _copy(stream):
-    """A copy of a block's stream: one tensor, or a tuple of them (LTX-2's video and audio)."""
-    return type(stream)(x.clone() for x in stream) if isinstance(stream, (tuple, list)) else stream.clone()

@@ -14,19 +14,24 @@ from .flux import FluxStrategy
 from .flux2 import Flux2Strategy
 from .generic import GenericStrategy
 from .hidream import HiDreamStrategy
-from .hunyuan3d import Hunyuan3DStrategy
+from .hunyuan3d import Hunyuan3D21Strategy, Hunyuan3DStrategy
+from .hunyuan_dit import HunyuanDiTStrategy
 from .hunyuan_video import HunyuanVideoStrategy
 from .ltxv import LTXAVStrategy, LTXVStrategy
 from .lumina2 import Lumina2Strategy
+from .minimax import MiniMaxH3Strategy
 from .mochi import MochiStrategy
 from .qwen_image import QwenImageStrategy
 from .sd3 import SD3Strategy
+from .seedvr2 import SeedVR2Strategy
+from .stable_audio import StableAudioStrategy
 from .wan import WanStrategy
 
 STRATEGIES: list[type[Strategy]] = [
     FluxStrategy, Flux2Strategy, ChromaRadianceStrategy, ChromaStrategy, QwenImageStrategy,
     HunyuanVideoStrategy, WanStrategy, LTXVStrategy, LTXAVStrategy, SD3Strategy, MochiStrategy, AuraFlowStrategy,
     Hunyuan3DStrategy, Lumina2Strategy, HiDreamStrategy,
+    HunyuanDiTStrategy, StableAudioStrategy, Hunyuan3D21Strategy, SeedVR2Strategy, MiniMaxH3Strategy,
     GenericStrategy,                      # last: takes any model
 ]
 

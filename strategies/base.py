@@ -15,10 +15,7 @@ A strategy never stores the model; functions that need it get it passed.
 """
 from __future__ import annotations
 
-import functools
 import importlib
-import inspect
-import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -59,24 +56,15 @@ def resolve(dotted: str):
         return None
 
 
-_PATCH_CALL_WITH_OPTIONS = re.compile(r"""blocks_replace\[[^\]]*\]\(\s*\{[^}]*["']transformer_options["']\s*:""")
-
-
-@functools.lru_cache(maxsize=None)
-def patches_get_options(cls: type, method: str = "forward_orig") -> bool:
-    """Whether ``cls.<method>`` hands ``transformer_options`` to its block-replace patches, read from
-    its source. A patch finds the run there: without it the patches cannot cache, and the model is
-    cached whole instead (ComfyUI 0.3.75's Wan S2V). Where the source cannot be read, True: a run
-    whose calls then bypass the patches computes them in full and says so (``nodes/patching.py``)."""
-    try:
-        source = inspect.getsource(getattr(cls, method))
-    except (AttributeError, OSError, TypeError):
-        return True
-    return _PATCH_CALL_WITH_OPTIONS.search(source) is not None
-
-
 def diffusion_model(model_patcher):
     return getattr(getattr(model_patcher, "model", None), "diffusion_model", None)
+
+
+def attribute(obj, dotted: str):
+    """``obj.a.b`` for ``dotted`` "a.b", or None where any part is missing."""
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+    return obj
 
 
 class Strategy:
@@ -122,9 +110,14 @@ class Strategy:
 
 class BlockStrategy(Strategy):
     level = "blocks"
-    double_blocks: ClassVar[str | None] = "double_blocks"   # ("double_block", i) for each module here
-    single_blocks: ClassVar[str | None] = None              # ("single_block", i) for each module here
+    # Attribute (dotted path) of the block list whose modules are keyed (block_kind, i), and of the
+    # single-block list, keyed ("single_block", i).
+    double_blocks: ClassVar[str | None] = "double_blocks"
+    block_kind: ClassVar[str] = "double_block"
+    single_blocks: ClassVar[str | None] = None
     single_txt_first: ClassVar[bool] = True                 # single blocks see cat(txt, img), else cat(img, txt)
+    stream: ClassVar[str] = "img"                           # the image/video stream's key in a block's args/output
+    carried: ClassVar[tuple[str, ...]] = ("img", "txt")     # what a block hands on (a skipped one: unchanged)
 
     def __init__(self, model_patcher):
         self.block_keys: list[BlockKey] = self.find_blocks(diffusion_model(model_patcher))
@@ -134,34 +127,34 @@ class BlockStrategy(Strategy):
     @classmethod
     def find_blocks(cls, dm) -> list[BlockKey]:
         keys = []
-        for attr, kind in ((cls.double_blocks, "double_block"), (cls.single_blocks, "single_block")):
+        for attr, kind in ((cls.double_blocks, cls.block_kind), (cls.single_blocks, "single_block")):
             if attr is not None:
-                keys += [(kind, i) for i in range(len(getattr(dm, attr, None) or []))]
+                keys += [(kind, i) for i in range(len(attribute(dm, attr) or []))]
         return keys
 
     # -- the image stream ----------------------------------------------------------------------
     def stream_in(self, key: BlockKey, args: dict) -> torch.Tensor:
         """The residual stream entering the first block."""
-        return args["img"]
+        return args[self.stream]
 
     def stream_out(self, key: BlockKey, out: dict, n_tokens: int) -> torch.Tensor:
         """The image stream leaving the last block (``n_tokens`` as it had entering)."""
-        x = out["img"]
+        x = out[self.stream]
         if key[0] == "single_block" and x.shape[1] != n_tokens:
             return x[:, -n_tokens:] if self.single_txt_first else x[:, :n_tokens]
         return x
 
     def with_stream(self, key: BlockKey, args: dict, stream: torch.Tensor) -> dict:
-        """The last block's output with the image stream replaced by ``stream``."""
-        x = args["img"]
+        """The block's output, when it is skipped, with the image stream replaced by ``stream``."""
+        x = args[self.stream]
         if key[0] == "single_block" and x.shape[1] != stream.shape[1]:
             other = x[:, : x.shape[1] - stream.shape[1]] if self.single_txt_first else x[:, stream.shape[1]:]
-            return {"img": torch.cat((other, stream) if self.single_txt_first else (stream, other), dim=1)}
-        return self.passthrough(key, args) | {"img": stream}
+            return {self.stream: torch.cat((other, stream) if self.single_txt_first else (stream, other), dim=1)}
+        return self.passthrough(key, args) | {self.stream: stream}
 
     def passthrough(self, key: BlockKey, args: dict) -> dict:
         """A block's output when it is skipped: its inputs, unchanged."""
-        return {k: args[k] for k in ("img", "txt") if k in args}
+        return {k: args[k] for k in self.carried if k in args}
 
     # -- TeaCache --------------------------------------------------------------------------------
     def modulated_input(self, dm, args: dict) -> torch.Tensor | None:

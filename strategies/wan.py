@@ -1,6 +1,7 @@
 """Wan 2.1 and 2.2 (T2V, I2V, VACE, Camera, HuMo, Animate, TI2V 5B; ComfyUI 0.33: S2V, Animate 2,
 WanDancer, SCAIL / SCAIL-2, causal Wan, FlowRVS, Fun Control): ``comfy.ldm.wan.model.WanModel`` and
-its subclasses whose block patches get ``{"img", "txt", "vec", "pe", "transformer_options"}``.
+its subclasses (block patches get ``{"img", "txt", "vec", "pe"}``, and ``transformer_options`` where the
+ComfyUI passes it; where it does not, ComfyUI 0.3.75's S2V, the patches find the run through the call).
 
 Residual: the tokens entering the first block vs leaving the last block (``img``): the video tokens
 plus whatever the model appends to them for the blocks (S2V's reference and motion frames, SCAIL's
@@ -9,7 +10,6 @@ Per-model notes:
 * S2V (``WanModel_S2V``) and WanDancer inject audio / music after every listed block, outside the
   patches: the cached residual includes those injections, and on a skipped step they still run on the
   passed-through stream (their result is replaced by the last block's), which costs a little.
-  ComfyUI 0.3.75's S2V hands its patches no ``transformer_options``: there it is cached whole (generic).
 * Animate 2 runs its pose branch beside every block, outside the patches ("its state has to reach
   block i+1"): a skipped step saves the generation branch only, the pose branch still runs (or is
   read from ComfyUI's own pose cache).
@@ -29,7 +29,7 @@ TeaCache authors' "ret_mode" coefficients for it.
 from __future__ import annotations
 
 from ..magcache_core import MagCacheParams, RatioCurves, TeaCacheParams
-from .base import BlockStrategy, Preset, TeaPreset, diffusion_model, patches_get_options
+from .base import BlockStrategy, Preset, TeaPreset
 
 # Published by the MagCache authors: github.com/Zehong-Ma/ComfyUI-MagCache nodes.py at
 # 47bdd2aca97e568087c4e92d2d2f0426bdce7a37. Interleaved per step: cond, uncond, cond, uncond...
@@ -165,10 +165,6 @@ class WanStrategy(BlockStrategy):
     }
     tea_presets = {name: TeaPreset(name, TeaCacheParams(thresh, coeffs), 0.1, f"{name} (ret_mode coefficients)")
                    for name, (coeffs, thresh) in TEA_WAN.items()}
-
-    @classmethod
-    def matches(cls, model_patcher):
-        return super().matches(model_patcher) and patches_get_options(type(diffusion_model(model_patcher)))
 
     def detect_variant(self, model_patcher):
         dm = model_patcher.model.diffusion_model

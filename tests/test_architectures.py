@@ -8,6 +8,7 @@ step t after computed step c, the last block must leave ``S(t) + O(c) - S(c)`` (
 stream into the first block, O: the image stream out of the last).
 """
 import json
+import operator
 
 import pytest
 import torch
@@ -52,13 +53,13 @@ TABLE = {
     "hidream": ("hidream", None, "hidream_i1_full", "model"),
     "cosmos_predict2": ("generic", None, None, "model"),
     "omnigen2": ("generic", None, None, "model"),
-    "hunyuan_dit": ("generic", None, None, "model"),
+    "hunyuan_dit": ("hunyuan_dit", None, None, None),
     "pixart": ("generic", None, None, "model"),
     "sdxl": ("generic", None, None, "model"),
     "sd15": ("generic", None, None, "model"),
     # --- ComfyUI 0.33: video (LTX-2, Wan subclasses) ---
     "ltx2": ("ltx2", None, None, None),
-    "wan22_s2v": ("wan", None, None, None),          # 0.3.75: generic (its patches get no transformer_options)
+    "wan22_s2v": ("wan", None, None, None),          # 0.3.75 too (its patches find the run through the call)
     "wan_animate2": ("wan", None, None, None),
     "wan22_wandancer": ("wan", None, None, None),
     "wan21_scail": ("wan", None, None, None),
@@ -67,23 +68,18 @@ TABLE = {
     "wan21_flowrvs": ("wan", None, None, None),
     "wan21_fun_control": ("wan", None, None, None),
     "wan22_camera": ("wan", None, None, None),
+    # --- ComfyUI 0.33: misc ---
+    "stable_audio": ("stable_audio", None, None, None),
+    "stable_audio3": ("generic", None, None, "model"),
+    "stable_audio3_nolocal": ("stable_audio", None, None, None),
+    "hunyuan3d_mini": ("hunyuan3d", None, None, "txt_first"),
+    "hunyuan3d21": ("hunyuan3d21", None, None, None),
+    "seedvr2": ("seedvr2", None, None, None),
+    "minimax_h3": ("minimax_h3", None, None, None),
 }
+# The image stream's key in block args where it is not "img".
+STREAM = {"hunyuan3d21": "x", "seedvr2": "vid"}
 NAMES = [n for n in TABLE if n in tiny_zoo.ZOO]
-WHOLE_MODEL = ("generic", None, None, "model")
-_rows = {}
-
-
-def row(name, model):
-    """TABLE's row, or WHOLE_MODEL where this ComfyUI's model hands its block patches no transformer_options
-    (measured here): a patch cannot find the run then, so the model must be cached whole."""
-    if name not in _rows:
-        r = TABLE[name]
-        if r[3] != "model" and "transformer_options" not in tiny_zoo.dit_patch_args(model, name):
-            r = WHOLE_MODEL
-        _rows[name] = r
-    return _rows[name]
-
-
 def flat_ratios():
     return MagCacheRatios().parse(json.dumps([1.0] * STEPS))[0]
 
@@ -123,8 +119,8 @@ class Recorder:
 
 def block_modules(model, strategy):
     dm = model.model.diffusion_model
-    return [getattr(dm, strategy.double_blocks if kind == "double_block" else strategy.single_blocks)[i]
-            for kind, i in strategy.block_keys]
+    lists = {strategy.block_kind: strategy.double_blocks, "single_block": strategy.single_blocks}
+    return [operator.attrgetter(lists[kind])(dm)[i] for kind, i in strategy.block_keys]
 
 
 class ModuleCalls:
@@ -198,17 +194,21 @@ def like(img, parts):
     return type(img)(parts) if isinstance(img, (tuple, list)) else parts[0]
 
 
-def oracle(model, strategy, call_c, call_t, order):
+def oracle(model, strategy, call_c, call_t, order, stream="img"):
+    """``stream``: the image stream's key in a block's args (and output, when the block returns a dict;
+    a block that returns a tensor returns the stream alone); the stream may be a tuple of tensors."""
     keys = strategy.block_keys
     seen = {}
 
     def observe(key):
         def patch(args, extra):
             if key == keys[0]:                            # before the block: FLUX updates it in place
-                seen["S"] = [x.clone() for x in streams(args["img"])]
+                seen["S"] = [x.clone() for x in streams(args[stream])]
             out = extra["original_block"](args)
+            seen[key] = list(out) if isinstance(out, dict) else None     # what the block hands on
             if key == keys[-1]:
-                seen["O"] = [image_tokens(o, s.shape[1], order).clone() for o, s in zip(streams(out["img"]), seen["S"])]
+                o = out[stream] if isinstance(out, dict) else out
+                seen["O"] = [image_tokens(x, s.shape[1], order).clone() for x, s in zip(streams(o), seen["S"])]
             return out
         return patch
     run_unpatched(model, call_c, {k: observe(k) for k in keys})
@@ -216,14 +216,13 @@ def oracle(model, strategy, call_c, call_t, order):
 
     def replay(key):
         def patch(args, extra):
-            out = {k: args[k] for k in ("img", "txt") if k in args}
+            x = args[stream]
             if key == keys[0]:
-                seen["St"] = [x.clone() for x in streams(args["img"])]
-                out["img"] = like(args["img"], [x.clone() for x in streams(args["img"])])   # as a block would:
-            if key == keys[-1]:                                                             # not the embedding
-                out["img"] = like(args["img"], [with_image_tokens(x, st + r, order) for x, st, r
-                                                in zip(streams(args["img"]), seen["St"], residual)])
-            return out
+                seen["St"] = [p.clone() for p in streams(x)]
+                x = like(x, [p.clone() for p in streams(x)])    # as a block would: new tensors, not the embedding
+            if key == keys[-1]:
+                x = like(x, [with_image_tokens(p, st + r, order) for p, st, r in zip(streams(x), seen["St"], residual)])
+            return x if seen[key] is None else {k: args[k] for k in seen[key]} | {stream: x}
         return patch
     return run_unpatched(model, call_t, {k: replay(k) for k in keys})
 
@@ -235,7 +234,7 @@ def arch(request):
 
 def test_detection(arch):
     name, model = arch
-    strategy_name, mag, tea, _ = row(name, model)
+    strategy_name, mag, tea, _ = TABLE[name]
     s = detect(model)
     assert s.name == strategy_name
     assert s.auto_preset(model, "magcache")[0] == mag
@@ -251,7 +250,7 @@ def test_threshold_zero_and_calibration_are_bit_identical(arch):
     assert torch.equal(tiny_zoo.sample(cal, name, steps=4), ref)
     s = detect(model)
     if s.supports_teacache:
-        preset = row(name, model)[2] or next(iter(s.tea_presets), None)
+        preset = TABLE[name][2] or next(iter(s.tea_presets), None)
         if preset is not None:
             tea = TeaCacheApply().apply(model, preset, 0.0)[0]
             assert torch.equal(tiny_zoo.sample(tea, name, steps=4), ref)
@@ -287,7 +286,7 @@ def test_forced_skips_run_no_block_and_follow_the_residual_path(arch):
         assert counter.count in (expected_runs, [0] * len(counter.count))
     else:
         assert counter.count == expected_runs
-    order = row(name, model)[3]
+    order = TABLE[name][3]
     for c, t in ((0, 1), (0, 2), (3, 5)):
         for conds_key, call_t in rec.at(t).items():
             call_c = rec.at(c)[conds_key]
@@ -297,7 +296,7 @@ def test_forced_skips_run_no_block_and_follow_the_residual_path(arch):
                 shape = (-1,) + (1,) * (x_t.dim() - 1)
                 expected = x_t + s_t.reshape(shape) / s_c.reshape(shape) * (call_c[4] - x_c)
             else:
-                expected = oracle(model, s, call_c, call_t, order)
+                expected = oracle(model, s, call_c, call_t, order, STREAM.get(name, "img"))
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -305,7 +304,7 @@ def test_calibration_has_one_ratio_per_step_per_cond(arch):
     name, model = arch
     tiny_zoo.sample(MagCacheCalibrate().calibrate(model, f"zoo {name}")[0], name, steps=5)
     doc = json.load(open(calibration_store().path(f"zoo {name}")))
-    assert doc["steps"] == 5 and doc["model"] == row(name, model)[0]
+    assert doc["steps"] == 5 and doc["model"] == TABLE[name][0]
     assert sorted(doc["mag_ratios"]) == ["cond", "uncond"]
     assert all(len(v) == 5 and v[0] == 1.0 for v in doc["mag_ratios"].values())
     assert any(r != 1.0 for v in doc["mag_ratios"].values() for r in v[1:])

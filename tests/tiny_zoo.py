@@ -38,7 +38,11 @@ Gotchas
   PixArt and the UNets do not use that hook (the UNets use patches_replace["attn1"/"attn2"] instead). Block lists:
   Flux/Chroma/Hunyuan* double_blocks + single_blocks, Wan blocks (VACE's vace_blocks are not hooked), LTXV and
   Qwen transformer_blocks, Mochi/Hunyuan DiT/Cosmos/PixArt blocks, SD3 joint_blocks, AuraFlow double_layers +
-  single_layers, Lumina2/Z-Image/OmniGen2 layers (+ refiners), HiDream double_stream_blocks + single_stream_blocks.
+  single_layers, Lumina2/Z-Image/OmniGen2 layers (+ refiners), HiDream double_stream_blocks + single_stream_blocks,
+  Stable Audio transformer.layers, Hunyuan3D 2.1 and SeedVR2 blocks (keys ("block", i)), MiniMax H3 blocks.
+* Hunyuan-DiT, Hunyuan3D 2.1 and SeedVR2 pass no transformer_options in a block patch's args.
+* Stable Audio and MiniMax H3 leave buffers empty that checkpoints fill (rope tables): ``Entry.buffers`` fills
+  them; the Stable Audio seconds conditioners live outside the net and come in through ``Entry.weights``.
 
 * Several-stream latents (LTX-2: video + audio): ``latent_shape`` is a list of shapes, the latent a
   ``comfy.nested_tensor.NestedTensor`` (the sampler packs it into one (B, 1, N) tensor and sets ``latent_shapes``);
@@ -50,7 +54,7 @@ Gotchas
   Control) carry the 1280-wide CLIP projection (~1.7M weights); HuMo is not in the zoo: its audio projection is
   fixed at 26M weights.
 
-Left out: none of the requested entries had to be (``LEFT_OUT`` is empty).
+Left out: see ``LEFT_OUT``.
 """
 from __future__ import annotations
 
@@ -85,6 +89,8 @@ class Entry:
     dit: dict = field(default_factory=dict)   # patches_replace["dit"] keys asked per forward: {kind: count}
     notes: str = ""
     params: str | None = None            # the model's Params dataclass (dotted), if its kwargs all go there
+    weights: Callable | None = None      # weights() -> the state dict get_model needs besides the net (embedders)
+    buffers: Callable | None = None      # buffers(diffusion_model): fills buffers the checkpoint would (rope tables)
 
     def __post_init__(self):
         if self.params is None:
@@ -164,6 +170,37 @@ UNET_BASE = dict(use_checkpoint=False, image_size=32, use_spatial_transformer=Tr
                  out_channels=4, num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[0, 1],
                  transformer_depth_output=[0, 0, 1, 1], transformer_depth_middle=1, use_temporal_resblock=False,
                  use_temporal_attention=False)
+
+SA3_BASE = dict(audio_model="dit1.0", io_channels=256, embed_dim=64, depth=2, num_heads=2, cond_token_dim=768,
+                project_cond_tokens=True, global_cond_dim=768, input_concat_dim=0, global_cond_shared_embed=True,
+                global_cond_type="adaLN", timestep_features_type="expo", norm_type="rms_norm",
+                attn_kwargs={"qk_norm": "rms", "differential": False}, num_memory_tokens=2)
+
+
+def _seconds(*names, features=None):
+    """weights(): random Stable Audio seconds conditioners (768 wide, as model_base builds them)."""
+    def weights():
+        from comfy.ldm.audio.embedders import NumberConditioner
+        sd = {}
+        for n in names:
+            cond = NumberConditioner(768, **({} if features is None else {"fourier_features_type": features}))
+            sd.update({f"conditioner.conditioners.{n}.{k}": torch.randn(v.shape) * 0.1   # (comfy.ops layers
+                       for k, v in cond.state_dict().items()})                            # are left empty)
+        return sd
+    return weights
+
+
+def _audio_rope(dm):
+    """Stable Audio's rope inv_freq is an empty buffer that checkpoints fill: the standard table."""
+    inv = dm.transformer.rotary_pos_emb.inv_freq
+    inv.copy_(1.0 / 10000 ** (torch.arange(0, 2 * inv.shape[0], 2, dtype=torch.float32) / (2 * inv.shape[0])))
+
+
+def _minimax_rope(dm):
+    """MiniMax H3's rope inv_freq is an empty buffer that checkpoints fill: a standard table."""
+    inv = dm.rope.inv_freq
+    inv.copy_(1.0 / 10000 ** (torch.arange(inv.shape[0], dtype=torch.float32) / inv.shape[0]))
+
 
 def since(name: str):
     """``comfy.supported_models.<name>``, or None where this ComfyUI has no such class (the entry is then left
@@ -291,15 +328,16 @@ _ENTRIES: dict[str, Entry] = {
                                         timestep_scale=1000.0),
                       32, (1, 16, 16, 16), _mask()),
     # Hunyuan DiT (v-prediction): CLIP stream (context, >= text_len tokens) + mT5 stream of exactly text_len_t5
-    # tokens (the attention pooler's positional table), both with masks.
+    # tokens (the attention pooler's positional table), both with masks. Depth 4 so that a long skip connection
+    # runs (block 0's output feeds block 3).
     "hunyuan_dit": Entry(sm.HunyuanDiT, dict(image_model="hydit", input_size=16, patch_size=2, in_channels=4,
-                                             hidden_size=64, depth=2, num_heads=2, mlp_ratio=2.0,
+                                             hidden_size=64, depth=4, num_heads=2, mlp_ratio=2.0,
                                              text_states_dim=32, text_states_dim_t5=24, text_len=4, text_len_t5=4),
                          32, (1, 4, 16, 16),
                          lambda g, t: {"attention_mask": torch.ones(1, t, dtype=torch.long),
                                        "conditioning_mt5xl": torch.randn(1, 4, 24, generator=g),
                                        "attention_mask_mt5xl": torch.ones(1, 4, dtype=torch.long)},
-                         init_std=0.05, dit=_blocks(2)),
+                         init_std=0.05, dit=_blocks(4)),
     # PixArt Sigma (EPS, no micro conditions). The pos-embed base size round((H+W)/2/64)*64 // patch is zero (a
     # ZeroDivisionError) unless (H+W)/2 >= 48 (round(0.5) == 0), so a 48x48 latent; patch 4 keeps 12x12 tokens.
     "pixart": Entry(sm.PixArtSigma, dict(image_model="pixart_sigma", input_size=48, patch_size=4, in_channels=4,
@@ -380,13 +418,67 @@ _ENTRIES: dict[str, Entry] = {
     "wan22_camera": Entry(sm.WAN22_Camera, dict(WAN_BASE, model_type="camera_2.2", in_dim=36), 32,
                           (1, 16, 1, 8, 8), lambda g, t: {"camera_conditions": torch.randn(1, 24, 1, 64, 64, generator=g)},
                           dit=_blocks(2)),
+    # --- ComfyUI 0.33: misc (Hunyuan-DiT is above) ------------------------------------------------------------
+    # Stable Audio Open 1.0: the seconds conditioners are fixed at 768 wide, so the text (c_crossattn, which
+    # model_base extends by the two seconds tokens) is 768 wide and global_cond_dim 2*768; the global embed is
+    # prepended to the audio tokens (global_cond_type "prepend"), as in the real model. The text is projected to
+    # the width 64 (project_cond_tokens; the real model keeps 768: 0.33 then wants 768 / head dim kv heads).
+    "stable_audio": Entry(sm.StableAudio, dict(audio_model="dit1.0", io_channels=64, embed_dim=64, depth=2,
+                                               num_heads=2, cond_token_dim=768, project_cond_tokens=True,
+                                               global_cond_dim=1536, input_concat_dim=0),
+                          768, (1, 64, 16), weights=_seconds("seconds_start", "seconds_total"), buffers=_audio_rope,
+                          dit=_blocks(2)),
+    # Stable Audio 3 as ComfyUI detects it: shared adaLN embedder, expo time features, RMS norms, memory tokens,
+    # 256-channel latent and the local (inpainting) conditioning cat(mask, image) = 257 channels, which the
+    # block patch path drops (so this layout must stay whole-model cached).
+    "stable_audio3": Entry(since("StableAudio3"), dict(SA3_BASE, local_add_cond_dim=257), 768, (1, 256, 16),
+                           weights=_seconds("seconds_total", features="expo"), buffers=_audio_rope,
+                           dit=_blocks(2)),
+    # The same without local conditioning weights: block patches are exact.
+    "stable_audio3_nolocal": Entry(since("StableAudio3"), dict(SA3_BASE), 768, (1, 256, 16),
+                                   weights=_seconds("seconds_total", features="expo"), buffers=_audio_rope,
+                                   dit=_blocks(2)),
+    # Hunyuan3D 2mini: the 2.0 network (here at the 2.0 entry's size) under its own supported_models class.
+    "hunyuan3d_mini": Entry(sm.Hunyuan3Dv2mini, dict(image_model="hunyuan3d2", in_channels=64, context_in_dim=32,
+                                                     hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=2,
+                                                     depth_single_blocks=2),
+                            32, (1, 64, 16), dit=_blocks(2, 2)),
+    # Hunyuan3D 2.1: depth 4 so that a long skip runs (block 0 -> block 3), the last block a MoE (2 experts, top 1).
+    # ComfyUI 0.3.75's forward needs a CFG batch (it splits the image features in two).
+    "hunyuan3d21": Entry(sm.Hunyuan3Dv2_1, dict(image_model="hunyuan3d2_1", in_channels=64, hidden_size=64,
+                                                context_dim=32, depth=4, num_heads=2, qk_norm=True, qkv_bias=False,
+                                                num_moe_layers=1, num_experts=2, moe_top_k=1,
+                                                guidance_cond_proj_dim=None),
+                         32, (1, 64, 16), dit={"block": 4}),
+    # SeedVR2 (3B layout: mmrope3d, SwiGLU, output norm; an even depth, the blocks alternate two window kinds;
+    # the strategy's span starts at block 1): emb_dim is 6 * vid_dim; the text width txt_in_dim is
+    # free (the real 5120 only binds the model's own positive/negative embeddings, unused when a text is given).
+    # "condition" (SeedVR2Conditioning: the VAE latent of the input video + a ones mask) has the latent's shape
+    # plus one channel.
+    "seedvr2": Entry(since("SeedVR2"), dict(image_model="seedvr2", vid_dim=64, heads=2, head_dim=32, num_layers=4,
+                                            mm_layers=1, norm_eps=1e-5, mlp_type="swiglu", vid_out_norm=True,
+                                            txt_in_dim=32, rope_dim=16),
+                     32, (1, 16, 1, 8, 8), lambda g, t: {"condition": torch.randn(1, 17, 1, 8, 8, generator=g)},
+                     dit={"block": 4}),
+    # MiniMax H3 (audio + video in one packed single-stream sequence, batch size 1): latents video (24 channels,
+    # even H/W for its 2x2 patches) + stereo audio (32 channels, round(5/3 * frames) steps); head_dim >= 6 *
+    # rope_inv_freq_len (partial rope). The text is refined once per run (model_base.extra_conds).
+    "minimax_h3": Entry(since("MiniMaxH3"), dict(image_model="minimax_h3", hidden_size=64, num_layers=2,
+                                                 token_refiner_num_layers=1, num_attention_heads=2,
+                                                 attention_head_dim=32, ffn_hidden_size=64, text_dim=32,
+                                                 timestep_input_dim=32, time_embed_hidden_size=64,
+                                                 time_embed_dim=32, rope_inv_freq_len=4),
+                        32, ((1, 24, 1, 4, 4), (1, 32, 2, 2)), buffers=_minimax_rope, init_std=0.2, dit=_blocks(2)),
 }
 
 ZOO: dict[str, Entry] = {k: e for k, e in _ENTRIES.items() if e.config_cls is not None}
 NOT_IN_THIS_COMFYUI = sorted(set(_ENTRIES) - set(ZOO))    # entries whose class this ComfyUI lacks
 
 # Requested entries that are not in ZOO on any version, with the reason.
-LEFT_OUT: dict[str, str] = {}
+LEFT_OUT: dict[str, str] = {
+    "minimax_music3": "MiniMaxMusic3DiT has fixed full-size layers (36 x 2048 wide, no config to shrink); it has no "
+                      "block patches (generic): tests/test_arch_misc.py checks its detection on the meta device",
+}
 
 
 def build(name, seed=0, std=None) -> comfy.model_patcher.ModelPatcher:
@@ -395,11 +487,13 @@ def build(name, seed=0, std=None) -> comfy.model_patcher.ModelPatcher:
     torch.manual_seed(seed)
     cfg = e.config_cls(fit_params(e.unet_config, e.params))
     cfg.set_inference_dtype(torch.float32, None)
-    model = cfg.get_model({}, device=CPU)
+    model = cfg.get_model(e.weights() if e.weights else {}, device=CPU)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.diffusion_model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * (std or e.init_std))
+        if e.buffers is not None:
+            e.buffers(model.diffusion_model)
     model.diffusion_model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
 
@@ -413,12 +507,11 @@ def conds(name, seed=1, tokens=6):
 
 
 def latent(name, batch=1):
-    """An empty (all-zero) latent of the entry's shape, as the Empty*Latent nodes make (a NestedTensor of one
-    latent per stream where the entry has several shapes)."""
+    """An empty (all-zero) latent of the entry's shape, as the Empty*Latent nodes make; a shape of shapes (an
+    audio-video model's streams) gives a NestedTensor of them."""
     shape = ZOO[name].latent_shape
-    if isinstance(shape, list):
-        import comfy.nested_tensor
-        return comfy.nested_tensor.NestedTensor([torch.zeros((batch,) + tuple(s[1:])) for s in shape])
+    if isinstance(shape[0], tuple):
+        return importlib.import_module("comfy.nested_tensor").NestedTensor([torch.zeros((batch,) + tuple(s[1:])) for s in shape])
     return torch.zeros((batch,) + tuple(shape[1:]))
 
 
@@ -434,8 +527,8 @@ def sample(model, name=None, steps=4, cfg=3.0, seed=3, sampler="euler", schedule
     noise = comfy.sample.prepare_noise(lat, seed)
     out = comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, lat,
                               denoise=denoise, callback=callback, disable_pbar=True, seed=seed)
-    if getattr(out, "is_nested", False):        # several streams: one flat tensor, as the sampler packs them
-        out = comfy.utils.pack_latents(out.unbind())[0]
+    if getattr(out, "is_nested", False):       # several streams: packed into one tensor, as the sampler runs them
+        out = importlib.import_module("comfy.utils").pack_latents(out.unbind())[0]
     return out
 
 
