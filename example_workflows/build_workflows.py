@@ -72,7 +72,7 @@ SEED = 20251122
 
 TINY_WAN_DEMO = [
     N(1, "UNETLoader", ["magcache_tiny_wan.safetensors", "default"], (0, 0)),
-    N(2, "MagCacheApply", ["wan2.1_t2v_1.3B", 0.24, 0.2, 4, 0.0, 1.0, "main_device"], (360, 0), {"model": (1, 0)},
+    N(2, "MagCacheApply", ["wan2.1_t2v_1.3B", 0.24, 0.2, 4, 0.0, 1.0, "main_device", "off"], (360, 0), {"model": (1, 0)},
       color=CACHE_COLOR),
     N(3, "MagCacheDemoConditioning", ["a red fox running through fresh snow, winter forest, morning light"], (0, 160),
       title="Positive (demo conditioning)", color=POSITIVE_COLOR),
@@ -91,7 +91,7 @@ SHAPES_NOTE = ("The pack's trained reference model (a small Wan 2.1 DiT that dra
                "(Ctrl+B) for the uncached image. bench/demo.py does all of this over HTTP.")
 REFERENCE_SHAPES = [
     N(1, "UNETLoader", ["magcache_shapes_wan.safetensors", "default"], (0, 0)),
-    N(2, "MagCacheApply", ["calibration: shapes_demo", 0.04, 0.1, 2, 0.0, 1.0, "main_device"], (360, 0),
+    N(2, "MagCacheApply", ["calibration: shapes_demo", 0.04, 0.1, 2, 0.0, 1.0, "main_device", "off"], (360, 0),
       {"model": (1, 0)}, color=CACHE_COLOR),
     N(3, "MagCacheShapesPrompt", ["a red circle"], (0, 160), title="Positive (reference model prompt)",
       color=POSITIVE_COLOR),
@@ -110,7 +110,7 @@ WAN_NOTE = ("MagCache on Wan 2.1 T2V. Preset 'auto' picks the published ratio cu
             "node (Ctrl+B) to compare against the uncached run with the same seed.")
 WAN21_T2V = [
     N(1, "UNETLoader", ["wan2.1_t2v_1.3B_fp16.safetensors", "default"], (0, 0)),
-    N(2, "MagCacheApply", ["auto", 0.24, 0.2, 4, 0.0, 1.0, "main_device"], (360, 0), {"model": (1, 0)}, color=CACHE_COLOR),
+    N(2, "MagCacheApply", ["auto", 0.24, 0.2, 4, 0.0, 1.0, "main_device", "off"], (360, 0), {"model": (1, 0)}, color=CACHE_COLOR),
     N(3, "ModelSamplingSD3", [8.0], (740, 0), {"model": (2, 0)}),
     N(4, "CLIPLoader", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", "default"], (0, 160)),
     N(5, "CLIPTextEncode", ["a fox running through fresh snow in a winter forest, morning light, tracking camera"],
@@ -132,7 +132,7 @@ FLUX_NOTE = ("MagCache on FLUX.1-dev with the authors' settings: preset 'flux', 
              "(Ctrl+B) to compare against the uncached image with the same seed.")
 FLUX_DEV = [
     N(1, "UNETLoader", ["flux1-dev.safetensors", "default"], (0, 0)),
-    N(2, "MagCacheApply", ["flux", 0.24, 0.1, 5, 0.0, 1.0, "main_device"], (360, 0), {"model": (1, 0)}, color=CACHE_COLOR),
+    N(2, "MagCacheApply", ["flux", 0.24, 0.1, 5, 0.0, 1.0, "main_device", "off"], (360, 0), {"model": (1, 0)}, color=CACHE_COLOR),
     N(3, "DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"], (0, 160)),
     N(4, "CLIPTextEncode", ["a cozy wooden cabin in a snowy forest at dusk, warm light in the windows, photograph"],
       (360, 300), {"clip": (3, 0)}, title="CLIP Text Encode (Positive Prompt)", color=POSITIVE_COLOR),

@@ -37,7 +37,7 @@ METHODS = ("magcache", "teacache", "calibrate")
 
 @dataclass(frozen=True)
 class RunConfig:
-    """What a node decided; shared by every run of the patched model, never mutated."""
+    """What a node decided; shared by every run of the patched model, never mutated (but ``memo``)."""
 
     method: str                                        # one of METHODS
     params: MagCacheParams | TeaCacheParams | None = None
