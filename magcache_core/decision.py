@@ -52,6 +52,8 @@ class MagCacheRule:
         self.first_skippable = int(num_steps * params.retention_ratio)
         self._curve_of = curves if callable(curves) else curves.__getitem__
         self._acc: dict[int, Accumulator] = {}
+        # (err, ratio) per kind as the last decision compared them, before any reset (target.py reads them).
+        self.last_compared: dict[int, tuple[float, float]] = {}
 
     def may_skip(self, step: int) -> bool:
         return step >= self.first_skippable and step > 0
@@ -59,6 +61,7 @@ class MagCacheRule:
     def decide(self, step: int, kinds: Iterable[int], in_window: bool = True) -> bool:
         """True to skip ``step``; updates the accumulators as the rule says."""
         kinds = sorted(set(kinds))
+        self.last_compared = {}
         if not (in_window and self.may_skip(step)):
             self.reset()
             return False
@@ -67,6 +70,7 @@ class MagCacheRule:
             acc = self._acc.setdefault(k, Accumulator())
             curve = self._curve_of(k)
             acc.advance(curve[step] if step < len(curve) else 1.0)
+            self.last_compared[k] = (acc.err, acc.ratio)
             allow = allow and acc.allows(self.params.threshold, self.params.max_skips)
         if not allow:
             self.reset()

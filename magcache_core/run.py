@@ -17,7 +17,9 @@ models of Wan 2.2, denoise < 1) reads the matching part of the ratio curve.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import Callable, Hashable, Sequence
 
 import torch
@@ -26,14 +28,16 @@ from .calibration import CalibrationRecorder
 from .decision import MagCacheParams, MagCacheRule
 from .ratios import RatioCurves
 from .residuals import ResidualStore
+from .target import Plan, TeaOutcome, solve, tea_outcome
 from .teacache import TeaCacheParams, TeaCacheRule
 
+log = logging.getLogger("comfyui-magcache")
 METHODS = ("magcache", "teacache", "calibrate")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """What a node decided; shared by every run of the patched model, never mutated."""
+    """What a node decided; shared by every run of the patched model, never mutated (but ``memo``)."""
 
     method: str                                        # one of METHODS
     params: MagCacheParams | TeaCacheParams | None = None
@@ -42,6 +46,10 @@ class RunConfig:
     end_percent: float = 1.0
     offload_device: torch.device | None = None
     label: str = ""                                    # strategy/preset, for the log line
+    target: Fraction | None = None                     # speed target (target.py): MagCache solves its threshold per run
+    # TeaCache with a target: the rel_l1_thresh solved by the last finished run, per (steps, offset, run steps);
+    # the one thing a run leaves for the next (target.py says why).
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -81,12 +89,21 @@ class RunState:
         self.recorder = CalibrationRecorder() if config.method == "calibrate" else None
         self.record_indicator = bool(record_indicator and self.recorder is not None)
         self.rule = self.tea = None
+        self._plan: Plan | TeaOutcome | None = None      # the speed target's plan / outcome (target.py)
         if config.method == "magcache":
             cache: dict[int, list[float]] = {}
             curve_of = lambda k: cache.setdefault(k, config.curves.for_steps(k, self.num_steps))  # noqa: E731
-            self.rule = MagCacheRule(config.params, curve_of, self.num_steps)
+            self._curve_of = curve_of
+            # A speed target is solved at the run's second step, when every cond has been seen; the first
+            # step computes anyway (there is no residual yet), so threshold 0 (never skip) until then.
+            params = replace(config.params, threshold=0.0) if config.target is not None else config.params
+            self.rule = MagCacheRule(params, curve_of, self.num_steps)
         elif config.method == "teacache":
-            self.tea = TeaCacheRule(config.params, offset, offset + self.run_steps - 1)
+            params, self._tea_source = config.params, "the input"
+            if config.target is not None and self._memo_key in config.memo:
+                params = replace(params, rel_l1_thresh=config.memo[self._memo_key])
+                self._tea_source = "solved by the previous run"
+            self.tea = TeaCacheRule(params, offset, offset + self.run_steps - 1)
         self.kinds_seen: set[int] = set()
         self.decisions: dict[int, bool] = {}              # MagCache: one decision per step
         self.key_decisions: dict[tuple[int, Hashable], bool] = {}   # TeaCache: one per step and entry
@@ -114,12 +131,36 @@ class RunState:
         step = self.step_index(sigma)
         self.kinds_seen.update(kinds)
         if step not in self.decisions:
+            if self.rule is not None and self.config.target is not None and self._plan is None and step > self.offset:
+                self._solve_target()
             skip = bool(self.rule and self.rule.decide(step, self.kinds_seen, self.in_window(sigma)))
             self.decisions[step] = skip
             if self.on_new_step:
                 self.on_new_step(step - self.offset, self.run_steps)
         self.current = CallContext(step, sigma, list(keys), list(kinds), self.decisions[step])
         return self.current
+
+    @property
+    def _memo_key(self) -> tuple[int, int, int]:
+        return self.num_steps, self.offset, self.run_steps
+
+    @property
+    def plan(self) -> Plan | TeaOutcome | None:
+        """MagCache: the solved plan, from the run's second step on. TeaCache: the outcome so far (read
+        it after the run)."""
+        if self.tea is not None and self.config.target is not None and self.tea.distances:
+            self._plan = tea_outcome(self.config.target, self.tea.params.rel_l1_thresh, self._tea_source,
+                                     self.steps_seen, len(self.computed_steps), self.tea.distances,
+                                     self.tea.params.max_skips)
+        return self._plan
+
+    def _solve_target(self) -> None:
+        kinds = sorted(self.kinds_seen)
+        window = [self.in_window(s) for s in self.sigmas[:self.run_steps]]
+        self._plan = solve(self.config.target, self.config.params, {k: self._curve_of(k) for k in kinds},
+                          self.num_steps, kinds, self.offset, self.run_steps, window)
+        self.rule.params = replace(self.config.params, threshold=self.plan.threshold)
+        (log.info if self.plan.met else log.warning)("MagCache [%s]: %s", self.config.label, self.plan.describe())
 
     # -- the blocks -------------------------------------------------------------------------
     def enter_blocks(self, ctx: CallContext, stream_in: torch.Tensor, modulated: torch.Tensor | None = None) -> None:
@@ -202,13 +243,17 @@ class RunState:
             if self.run_steps != self.num_steps else ""
         bypassed = (f"; {self.bypassed_calls} model calls bypassed the block patches and computed in full"
                     if self.bypassed_calls else "")
+        target = f"; {self.plan.short()}" if self.plan is not None else ""
         return (f"{self.config.method} [{self.config.label}]{where}: computed {len(done)}/{len(seen)} steps "
-                f"{done}, skipped {len(skipped)} ({speed:.2f}x fewer block passes){bypassed}")
+                f"{done}, skipped {len(skipped)} ({speed:.2f}x fewer block passes){bypassed}{target}")
 
     def release(self) -> None:
         self.residuals.clear()
         if self.recorder is not None:
             self.recorder.clear()
         if self.tea is not None:
+            outcome = self.plan
+            if outcome is not None and len(self.decisions) == self.run_steps:     # a finished run teaches the next
+                self.config.memo[self._memo_key] = outcome.suggested
             self.tea.clear()
         self.current = None

@@ -9,6 +9,7 @@ import folder_paths
 
 from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, RunConfig, fit_coefficients
 from ..magcache_core.storage import CalibrationStore, check_name, curves_of, parse_json
+from ..magcache_core.target import SPEED_CHOICES, parse_speed, preview
 from ..strategies import all_presets, detect
 from .inputs import number, offload_device, window, window_and_cache_inputs
 from .patching import patch_model
@@ -65,6 +66,14 @@ def resolve_curves(strategy, model, preset: str, ratios: RatioCurves | None):
                                        f"or a saved 'calibration: <name>'")
 
 
+SPEED_TOOLTIP = (
+    "Target speed instead of a threshold. 'off': the threshold input is used. Otherwise the threshold input is "
+    "IGNORED: when sampling starts (the step count is known then) the threshold is solved so that the run computes "
+    "at most steps/speed of its steps, with the least accumulated error (the sum, over skipped steps, of |1 - the "
+    "product of the ratios since the last computed step|). retention_ratio, max_skip_steps and the start/end window "
+    "are kept. If they cannot reach the speed (e.g. K 2 and 10x), the fastest they allow is used and the log says so.")
+
+
 class MagCacheApply:
     DESCRIPTION = ("Skips the transformer blocks on denoising steps where their output barely changes "
                    "and reuses the cached residual (MagCache). Put it right after the model loader.")
@@ -93,25 +102,35 @@ class MagCacheApply:
             },
             "optional": {
                 "ratios": ("MAGCACHE_RATIOS", {"tooltip": "Your own ratio curve (from a 'MagCache Ratios' node); overrides the preset."}),
+                "speed": (list(SPEED_CHOICES), {"default": "off", "tooltip": SPEED_TOOLTIP}),
             },
         }
 
     def apply(self, model, preset, threshold, retention_ratio, max_skip_steps, start_percent=0.0,
-              end_percent=1.0, cache_device="main_device", ratios=None):
+              end_percent=1.0, cache_device="main_device", ratios=None, speed="off"):
         params = MagCacheParams(number("threshold", threshold, 0.0, 1e6),
                                 number("retention_ratio", retention_ratio, 0.0, 1.0),
                                 number("max_skip_steps", max_skip_steps, 0, 10_000, integer=True))
         start, end = window(start_percent, end_percent)
         offload = offload_device(cache_device)
+        target = parse_speed(speed, "speed")
         strategy = detect(model)
         curves, label, recommended = resolve_curves(strategy, model, preset, ratios)
-        config = RunConfig("magcache", params, curves, start, end, offload, label=f"{strategy.title}, {label}")
-        hint = ""
-        if recommended is not None and recommended != params:
+        config = RunConfig("magcache", params, curves, start, end, offload, label=f"{strategy.title}, {label}",
+                           target=target)
+        hint, threshold = "", f"threshold {params.threshold}"
+        if recommended is not None and (recommended != params if target is None else
+                                        recommended.max_skips != params.max_skips
+                                        or recommended.retention_ratio != params.retention_ratio):
             hint = (f"; the preset recommends threshold {recommended.threshold}, retention "
                     f"{recommended.retention_ratio}, K {recommended.max_skips}")
-        log.info("MagCacheApply: %s (%s-level cache), %s, threshold %s, retention %s, K %s%s", strategy.title, strategy.level, label,
-                 params.threshold, params.retention_ratio, params.max_skips, hint)
+        if target is not None:
+            plan, kinds = preview(target, params, curves)
+            threshold = f"speed {speed} (threshold input ignored)"
+            hint += (f"; planned at the curve's {plan.total_steps} steps ({kinds}): {plan.outcome()}; solved again "
+                     "when sampling starts, for the run's steps, conds and window")
+        log.info("MagCacheApply: %s (%s-level cache), %s, %s, retention %s, K %s%s", strategy.title, strategy.level, label,
+                 threshold, params.retention_ratio, params.max_skips, hint)
         return (patch_model(model, strategy, config),)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from ..magcache_core import MagCacheInputError, RunConfig, TeaCacheParams
+from ..magcache_core.target import SPEED_CHOICES, parse_speed
 from ..strategies import METHOD_TEACACHE, all_presets, detect
 from .inputs import number, offload_device, window, window_and_cache_inputs
 from .magcache_nodes import CALIBRATION_PREFIX, calibration_store, load_calibration
@@ -47,6 +48,13 @@ def resolve_coefficients(strategy, model, preset):
                                        "or a saved 'calibration: <name>'")
 
 
+SPEED_TOOLTIP = (
+    "Target speed, best effort. TeaCache decides from the image as it samples, so no threshold can be solved "
+    "beforehand: the first run uses rel_l1_thresh; each finished run then solves, on the distances it measured, the "
+    "rel_l1_thresh that would have reached the speed (least accumulated distance), and the next run at the same "
+    "steps uses it. The log says the speed each run reached. 'off': rel_l1_thresh as set.")
+
+
 class TeaCacheApply:
     DESCRIPTION = ("Skips the transformer blocks while the first block's timestep-modulated input has "
                    "changed little since the last computed step, and reuses the cached residual (TeaCache, "
@@ -74,22 +82,31 @@ class TeaCacheApply:
             "optional": {
                 "max_skip_steps": ("INT", {"default": 0, "min": 0, "max": 100, "tooltip":
                                    "At most this many steps in a row are skipped; 0 = no limit (as published)."}),
+                "speed": (list(SPEED_CHOICES), {"default": "off", "tooltip": SPEED_TOOLTIP}),
             },
         }
 
     def apply(self, model, preset, rel_l1_thresh, start_percent=0.0, end_percent=1.0,
-              cache_device="main_device", max_skip_steps=0):
+              cache_device="main_device", max_skip_steps=0, speed="off"):
         thresh = number("rel_l1_thresh", rel_l1_thresh, 0.0, 1e6)
         start, end = window(start_percent, end_percent)
         offload = offload_device(cache_device)
         cap = number("max_skip_steps", max_skip_steps, 0, 10_000, integer=True)
+        target = parse_speed(speed, "speed")
+        if target is not None and thresh <= 0:
+            raise MagCacheInputError("rel_l1_thresh", "is 0 (never skip), so a run measures nothing to reach the speed "
+                                                      "from; give a starting value > 0, e.g. the preset's")
         strategy = detect(model)
         coefficients, label, chosen = resolve_coefficients(strategy, model, preset)
         params = TeaCacheParams(thresh, tuple(coefficients), cap or None)
-        config = RunConfig("teacache", params, None, start, end, offload, label=f"{strategy.title}, {label}")
+        config = RunConfig("teacache", params, None, start, end, offload, label=f"{strategy.title}, {label}",
+                           target=target)
         hint = ""
         if chosen is not None and (chosen.params.rel_l1_thresh, chosen.start_percent) != (thresh, start):
             hint = f"; the preset recommends rel_l1_thresh {chosen.params.rel_l1_thresh}, start {chosen.start_percent}"
+        if target is not None:
+            hint += (f"; speed {speed}, best effort: this rel_l1_thresh is where the first run starts, each finished "
+                     "run solves the next run's")
         log.info("TeaCacheApply: %s (%s-level cache), %s, rel_l1_thresh %s, window %s-%s%s", strategy.title,
                  strategy.level, label, thresh, start, end, hint)
         return (patch_model(model, strategy, config),)

@@ -58,6 +58,8 @@ def runs(server, object_info, demo):
                 prompt = edited(prompt, "KSampler", seed=SEED_B)
             if name == "threshold0":
                 prompt = edited(prompt, "MagCacheApply", threshold=0.0)
+            if name == "speed2x":
+                prompt = edited(prompt, "MagCacheApply", speed="2x")
             save = node_id(prompt, "SaveLatent")
             result = server.run_prompt(prompt)
             assert result.ok, f"{name}: {json.dumps(result.history.get('status'))[:3000]}\n{server.log_tail()}"
@@ -78,7 +80,8 @@ def test_object_info_lists_the_nodes(object_info):
     assert {"auto", "wan2.1_t2v_1.3B", "flux"} <= set(presets) and presets[0] == "auto"
     assert req["threshold"][0] == "FLOAT" and req["max_skip_steps"][0] == "INT"
     assert req["cache_device"][0] == ["main_device", "cpu"]
-    assert opt["ratios"][0] == "MAGCACHE_RATIOS"
+    assert opt["ratios"][0] == "MAGCACHE_RATIOS" and apply["input_order"]["optional"] == ["ratios", "speed"]
+    assert opt["speed"][0] == ["off", "1.5x", "2x", "2.5x", "3x"] and opt["speed"][1]["default"] == "off"
     assert object_info["MagCacheCalibrate"]["input_order"]["required"] == ["model", "calibration_name"]
     assert object_info["MagCacheRatios"]["output"] == ["MAGCACHE_RATIOS"]
     assert object_info["MagCacheDemoConditioning"]["output"] == ["CONDITIONING"]
@@ -86,7 +89,7 @@ def test_object_info_lists_the_nodes(object_info):
     tea = object_info["TeaCacheApply"]
     assert tea["input_order"]["required"] == ["model", "preset", "rel_l1_thresh", "start_percent", "end_percent",
                                               "cache_device"]
-    assert tea["input_order"]["optional"] == ["max_skip_steps"]
+    assert tea["input_order"]["optional"] == ["max_skip_steps", "speed"]
     assert {"auto", "flux", "wan2.1_t2v_1.3B", "hunyuan_video", "ltxv", "lumina_2"} <= set(tea["input"]["required"]["preset"][0])
 
 
@@ -138,6 +141,12 @@ def test_threshold_zero_equals_unpatched(runs):
     assert [r["computed"] for r in zero.runs] == [20]
     assert uncached.runs == []                        # bypassed: the pack never ran
     assert torch.equal(lat0, ref)
+
+
+def test_speed_target_through_the_server(runs):
+    result, lat, _ = runs("speed2x")
+    assert [r["total"] for r in result.runs] == [20] and result.runs[0]["computed"] * 2 <= 20, result.log
+    assert "speed 2x: solved threshold" in result.log and torch.isfinite(lat).all()
 
 
 def test_two_samplers_share_one_patched_model(server, object_info, demo, runs):
