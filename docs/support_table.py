@@ -24,8 +24,11 @@ def _strategies():
 
 def table() -> str:
     st = _strategies()
-    rows = ["| architecture | ComfyUI class | cached | MagCache presets | TeaCache presets | without a preset |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    import tiny_zoo
+    from test_architectures import TABLE
+    rows = ["| architecture | ComfyUI class | cached | MagCache presets | TeaCache presets | without a preset | "
+            "tested on ComfyUI |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     for s in st.STRATEGIES:
         classes = ", ".join(f"`{c.rsplit('.', 1)[1]}`" for c in s.model_classes) or "any other model"
         if s.model_bases:
@@ -39,7 +42,11 @@ def table() -> str:
             rest = "calibrate-only: MagCacheCalibrate, then MagCache"
         else:
             rest = "MagCacheCalibrate, then MagCache"
-        rows.append(f"| {s.title} | {classes} | {level} | {mag} | {tea} | {rest} |")
+        entries = [n for n, r in TABLE.items() if r[0] == s.name and n in tiny_zoo._ENTRIES]
+        versions = sorted({v for n in entries for v in tiny_zoo.tested_on(n)}, key=lambda v: tuple(map(int, v.split("."))))
+        tested = ", ".join(versions) + f" ({len(entries)} tiny model{'s' if len(entries) != 1 else ''})" \
+            if entries else "detection only"
+        rows.append(f"| {s.title} | {classes} | {level} | {mag} | {tea} | {rest} | {tested} |")
     return "\n".join(rows)
 
 

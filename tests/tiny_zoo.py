@@ -202,10 +202,22 @@ def _minimax_rope(dm):
     inv.copy_(1.0 / 10000 ** (torch.arange(inv.shape[0], dtype=torch.float32) / inv.shape[0]))
 
 
+_NEW_CLASSES: set[str] = set()         # supported_models classes that ComfyUI 0.3.75 lacks (named through since())
+
+
 def since(name: str):
     """``comfy.supported_models.<name>``, or None where this ComfyUI has no such class (the entry is then left
-    out of ZOO: architectures that newer ComfyUI added are tested on the versions that have them)."""
+    out of ZOO: architectures that newer ComfyUI added are tested on the versions that have them). Use it for
+    every class ComfyUI 0.3.75 lacks: the README's support table reads which versions test an entry from it."""
+    _NEW_CLASSES.add(name)
     return getattr(sm, name, None)
+
+
+def tested_on(name: str) -> tuple[str, ...]:
+    """The ComfyUI versions whose suite runs entry ``name``."""
+    e = _ENTRIES[name]
+    new = e.config_cls is None or e.config_cls.__name__ in _NEW_CLASSES
+    return ("0.33",) if new else ("0.3.75", "0.33")
 
 
 _ENTRIES: dict[str, Entry] = {
