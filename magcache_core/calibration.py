@@ -10,9 +10,14 @@ and ratio[0] = 1, std[0] = cos[0] = l1[0] = 0. Where the host also passes TeaCac
 change of the indicator: the pairs (input_l1, l1) are what a TeaCache polynomial is fitted to
 (``teacache.fit_coefficients``). Entries of the same kind (several positive conds, say) are
 averaged per step. Values stay on the device until ``result()``, so recording adds no sync.
+
+Calls on several devices may record at once (ComfyUI's multi-GPU work units): the tables take a
+lock; each entry's previous residual is its own (an entry is in one call at a time) and follows the
+entry should the work units move it to another device.
 """
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from typing import Hashable
 
@@ -31,11 +36,12 @@ class CalibrationRecorder:
         self._rows: dict[int, dict[int, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
         self._prev_input: dict[Hashable, torch.Tensor] = {}
         self._input_rows: dict[int, dict[int, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
+        self._lock = threading.Lock()
 
     def record(self, key: Hashable, kind: int, step: int, residual: torch.Tensor) -> None:
         cur = residual.detach().float()
         cur = cur.reshape(cur.shape[0], -1, cur.shape[-1])
-        prev = self._prev.get(key)
+        prev = _on(self._prev.get(key), cur.device)
         if prev is None or prev.shape != cur.shape:
             row = torch.tensor([1.0, 0.0, 0.0, 0.0], device=cur.device)
         else:
@@ -43,15 +49,17 @@ class CalibrationRecorder:
             cos = torch.nn.functional.cosine_similarity(cur, prev, dim=-1, eps=1e-8)
             row = torch.stack([norm_ratio.mean(), norm_ratio.std(unbiased=False), (1 - cos).mean(),
                                relative_l1(cur, prev)])
-        self._rows[kind][step].append(row)
+        with self._lock:
+            self._rows[kind][step].append(row)
         self._prev[key] = cur
 
     def record_input(self, key: Hashable, kind: int, step: int, indicator: torch.Tensor) -> None:
         """TeaCache's indicator for ``key`` at ``step`` (call it before ``record`` of the same step)."""
         cur = indicator.detach().float().clone()
-        prev = self._prev_input.get(key)
+        prev = _on(self._prev_input.get(key), cur.device)
         value = relative_l1(cur, prev) if prev is not None and prev.shape == cur.shape else torch.zeros((), device=cur.device)
-        self._input_rows[kind][step].append(value.reshape(()))
+        with self._lock:
+            self._input_rows[kind][step].append(value.reshape(()))
         self._prev_input[key] = cur
 
     def result(self) -> dict[str, dict[str, list[float]]]:
@@ -60,11 +68,11 @@ class CalibrationRecorder:
         out = {}
         for kind, by_step in sorted(self._rows.items()):
             steps = sorted(by_step)
-            table = torch.stack([torch.stack(by_step[s]).mean(0) for s in steps]).cpu().tolist()
+            table = _stack([_stack(by_step[s]).mean(0) for s in steps]).tolist()
             stats = {name: [round(r[i], 5) for r in table] for i, name in enumerate(STATS)}
             inputs = self._input_rows.get(kind, {})
             if inputs and sorted(inputs) == steps:
-                stats["input_l1"] = [round(v, 6) for v in torch.stack([torch.stack(inputs[s]).mean() for s in steps]).cpu().tolist()]
+                stats["input_l1"] = [round(v, 6) for v in _stack([_stack(inputs[s]).mean() for s in steps]).tolist()]
             out[KIND_NAMES.get(kind, str(kind))] = stats
         return out
 
@@ -73,3 +81,12 @@ class CalibrationRecorder:
         self._rows.clear()
         self._prev_input.clear()
         self._input_rows.clear()
+
+
+def _stack(rows: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack, on the CPU when the rows were recorded on several devices."""
+    return torch.stack(rows if len({r.device for r in rows}) == 1 else [r.cpu() for r in rows])
+
+
+def _on(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return t if t is None or t.device == device else t.to(device)

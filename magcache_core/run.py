@@ -10,6 +10,15 @@ machinery serves every method (MagCache, TeaCache, calibration); only the rule d
     stream = run.leave_blocks(ctx, stream_out)     # after the last block of a computed call
     run.end_call(ctx)
 
+Several model calls of one step may run at once, in threads (ComfyUI 0.33's multi-GPU work units call
+each device's model from its own thread). A call's state is its own ``CallContext``, which the host
+carries with the call (nothing here says which call is "current"); what the calls share is guarded by
+a lock: the step's decision (made once, by whichever call of the step comes first, from what earlier
+steps saw, so the same as one device's) and the bookkeeping at the end of a call. Per-entry state
+(residuals, TeaCache's accumulators, calibration's previous residual) belongs to one cond entry, and
+an entry is in one call per model evaluation, so it needs no lock. A residual is used only on the
+device that computed it.
+
 Steps are indexed in the *whole* schedule: a sampler that runs steps ``offset`` to
 ``offset + len(sigmas) - 2`` of a ``total_steps`` schedule (KSamplerAdvanced step ranges, the two
 models of Wan 2.2, denoise < 1) reads the matching part of the ratio curve.
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import threading
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Callable, Hashable, Sequence
@@ -109,7 +119,7 @@ class RunState:
         self.key_decisions: dict[tuple[int, Hashable], bool] = {}   # TeaCache: one per step and entry
         self.computed_steps: set[int] = set()
         self.bypassed_calls = 0                           # calls whose blocks never reached enter_blocks
-        self.current: CallContext | None = None
+        self._lock = threading.Lock()        # the shared decision and bookkeeping, for calls in threads
 
     @property
     def needs_modulated_input(self) -> bool:
@@ -128,17 +138,20 @@ class RunState:
         return self.end_sigma < sigma <= self.start_sigma
 
     def begin_call(self, sigma: float, keys: Sequence[Hashable], kinds: Sequence[int]) -> CallContext:
+        """A new call's context (the caller keeps it: there is no "current" call)."""
         step = self.step_index(sigma)
-        self.kinds_seen.update(kinds)
-        if step not in self.decisions:
-            if self.rule is not None and self.config.target is not None and self._plan is None and step > self.offset:
-                self._solve_target()
-            skip = bool(self.rule and self.rule.decide(step, self.kinds_seen, self.in_window(sigma)))
-            self.decisions[step] = skip
-            if self.on_new_step:
-                self.on_new_step(step - self.offset, self.run_steps)
-        self.current = CallContext(step, sigma, list(keys), list(kinds), self.decisions[step])
-        return self.current
+        with self._lock:                      # the first call of a step decides it, for every call of the step
+            self.kinds_seen.update(kinds)
+            new = step not in self.decisions
+            if new:
+                if self.rule is not None and self.config.target is not None and self._plan is None \
+                        and step > self.offset:
+                    self._solve_target()
+                self.decisions[step] = bool(self.rule and self.rule.decide(step, self.kinds_seen, self.in_window(sigma)))
+            skip = self.decisions[step]
+        if new and self.on_new_step:
+            self.on_new_step(step - self.offset, self.run_steps)
+        return CallContext(step, sigma, list(keys), list(kinds), skip)
 
     @property
     def _memo_key(self) -> tuple[int, int, int]:
@@ -178,9 +191,10 @@ class RunState:
         if self.record_indicator and modulated is not None:
             for key, kind, chunk in zip(ctx.keys, ctx.kinds, modulated.chunk(len(ctx.keys))):
                 self.recorder.record_input(key, kind, ctx.step, chunk)
-        # An entry or a shape this run has no residual for yet (new cond, new resolution) computes.
+        # An entry or a shape this run has no residual for yet (new cond, new resolution), or whose
+        # residual another device computed, computes.
         chunk_shape = (stream_in.shape[0] // len(ctx.keys),) + tuple(stream_in.shape[1:])
-        ctx.skip_keys = {key for key in ctx.skip_keys if self.residuals.has(key, chunk_shape)}
+        ctx.skip_keys = {key for key in ctx.skip_keys if self.residuals.has(key, chunk_shape, stream_in.device)}
         ctx.skip = bool(ctx.skip_keys) and ctx.skip_keys == set(ctx.keys)
         if ctx.skip:
             ctx.skip_out = stream_in + self.residuals.get_batch(ctx.keys, stream_in)
@@ -219,15 +233,15 @@ class RunState:
 
     def end_call(self, ctx: CallContext) -> None:
         if not ctx.skip:
-            self.computed_steps.add(ctx.step)
-            if self.rule is not None and self.decisions.get(ctx.step):
-                self.rule.reset()          # a planned skip had to compute: start accumulating afresh
-            if self.tea is not None:
-                for key in ctx.keys:
-                    if key not in ctx.skip_keys and self.key_decisions.get((ctx.step, key)):
-                        self.tea.computed(key)
+            with self._lock:
+                self.computed_steps.add(ctx.step)
+                if self.rule is not None and self.decisions.get(ctx.step):
+                    self.rule.reset()      # a planned skip had to compute: start accumulating afresh
+                if self.tea is not None:
+                    for key in ctx.keys:
+                        if key not in ctx.skip_keys and self.key_decisions.get((ctx.step, key)):
+                            self.tea.computed(key)
         ctx.stream_in = ctx.skip_out = None
-        self.current = None
 
     # -- end of run -------------------------------------------------------------------------
     @property
@@ -256,4 +270,3 @@ class RunState:
             if outcome is not None and len(self.decisions) == self.run_steps:     # a finished run teaches the next
                 self.config.memo[self._memo_key] = outcome.suggested
             self.tea.clear()
-        self.current = None

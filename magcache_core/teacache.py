@@ -68,6 +68,8 @@ class TeaCacheRule:
         """True to skip ``step`` for ``key``; ``modulated`` is this entry's modulated input."""
         st = self._state.setdefault(key, _KeyState())
         previous, st.previous = st.previous, modulated.detach().clone()
+        if previous is not None and previous.device != modulated.device:   # the entry moved to another device
+            previous = previous.to(modulated.device)
         if (previous is None or previous.shape != modulated.shape or not in_window
                 or step <= self.first_step or step >= self.last_step or self.params.rel_l1_thresh <= 0):
             st.reset()

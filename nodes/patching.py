@@ -5,7 +5,8 @@
   (per-run) transformer_options, and drops it in ``finally`` (errors, interrupts).
 * APPLY_MODEL wrapper (every ComfyUI model goes through it; several DiTs have no DIFFUSION_MODEL
   wrapper): per model call, finds the step from ``transformer_options["sigmas"]`` and the conds
-  from ``["uuids"]`` / ``["cond_or_uncond"]``, and opens a call context. For a model-level
+  from ``["uuids"]`` / ``["cond_or_uncond"]``, and opens a call context, which travels with the
+  call in the call's own transformer_options (``CALL_KEY``) to the block patches. For a model-level
   strategy (no block patches) it also does the caching, in noise-prediction space: the cached
   residual is ``(denoised - x) / sigma``, so a skipped call returns ``x - sigma * eps_cached``
   without running the model.
@@ -17,6 +18,14 @@
   APPLY_MODEL wrapper has open (a context variable).
 
 Nothing is written onto the diffusion model and no method is replaced.
+
+ComfyUI 0.33's multi-GPU work units (``MultiGPU_WorkUnits``): OUTER_SAMPLE runs once, on the main
+thread; the cond batches of each model call are spread over the devices and run at once, one worker
+thread per device, each calling its device's own copy of the model (``executor.class_obj`` here) with
+transformer_options of its own, merged from the one run's model_options (so every call sees the same
+``Run``, wrappers and block patches). Hence nothing here keeps a "current call": each call's context is
+in its own transformer_options, the shared ``RunState`` locks what the calls share, and the model a
+strategy reads (TeaCache's modulated input) is the calling device's.
 """
 from __future__ import annotations
 
@@ -29,12 +38,13 @@ import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.utils
 
-from ..magcache_core import RunConfig, RunState
+from ..magcache_core import CallContext, RunConfig, RunState
 from ..strategies import BlockStrategy, Strategy
 from .schedule import drops_penultimate, locate, unusable
 
 KEY = "comfyui-magcache"                 # wrapper key
 RUN_KEY = "comfyui_magcache_run"         # transformer_options key holding the current run
+CALL_KEY = "comfyui_magcache_call"       # key in one model call's own transformer_options: that call's Call
 WMP = comfy.patcher_extension.WrappersMP
 log = logging.getLogger("comfyui-magcache")
 
@@ -45,12 +55,21 @@ class Run:
 
     state: RunState
     strategy: Strategy
-    diffusion_model: object
 
 
-# The run of the model call in progress, for block patches whose args carry no transformer_options
-# (Hunyuan-DiT, Hunyuan3D 2.1, SeedVR2 pass only the block's own inputs).
-_CALL_RUN: contextvars.ContextVar[Run | None] = contextvars.ContextVar("comfyui_magcache_call_run", default=None)
+@dataclass
+class Call:
+    """What one model call carries in its own transformer_options, down to the block patches."""
+
+    run: Run
+    ctx: CallContext
+    diffusion_model: object              # the model this call runs (each device has its own)
+
+
+# The model call in progress in this thread, for block patches whose args carry no transformer_options
+# (Hunyuan-DiT, Hunyuan3D 2.1, SeedVR2 pass only the block's own inputs). Each thread (each device under
+# multi-GPU work units) has its own value.
+_CALL: contextvars.ContextVar["Call | None"] = contextvars.ContextVar("comfyui_magcache_call", default=None)
 
 
 def patch_model(model, strategy: Strategy, config: RunConfig, on_success=None):
@@ -98,7 +117,7 @@ def _outer_sample(config: RunConfig, strategy: Strategy, on_success, executor, *
         progress = lambda step, total: bar.update_absolute(step + 1, total)  # noqa: E731
     state = RunState(config, sigmas.tolist(), window, on_new_step=progress, offset=offset, total_steps=total,
                      record_indicator=strategy.supports_teacache)
-    run = Run(state, strategy, guider.model_patcher.model.diffusion_model)
+    run = Run(state, strategy)
     orig_options = guider.model_options
     guider.model_options = comfy.model_patcher.create_model_options_clone(orig_options)
     guider.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
@@ -137,10 +156,13 @@ def _apply_model(executor, x, t, *args, **kwargs):
         keys = list(range(len(kinds))) if len(set(kinds)) != len(kinds) else kinds
     state = run.state
     ctx = state.begin_call(float(t.flatten()[0]), keys, kinds)
-    token = _CALL_RUN.set(run)
+    call = Call(run, ctx, getattr(executor.class_obj, "diffusion_model", None))
+    outer = to.get(CALL_KEY)
+    to[CALL_KEY] = call                  # this call's dict (ComfyUI makes one per call, and per thread)
+    token = _CALL.set(call)              # for block patches whose args carry no transformer_options
     try:
         if run.strategy.level == "model":
-            return _model_level_call(run, ctx, executor, x, t, args, kwargs)
+            return _model_level_call(call, executor, x, t, args, kwargs)
         out = executor(x, t, *args, **kwargs)
         if not state.entered_blocks(ctx):
             # The forward never reached our block patches (causal Wan's ar_video sampler calls its blocks
@@ -151,17 +173,22 @@ def _apply_model(executor, x, t, *args, **kwargs):
             state.blocks_bypassed(ctx)
         return out
     finally:
-        _CALL_RUN.reset(token)
+        _CALL.reset(token)
+        if outer is None:
+            to.pop(CALL_KEY, None)
+        else:
+            to[CALL_KEY] = outer
         state.end_call(ctx)
 
 
-def _model_level_call(run: Run, ctx, executor, x, sigma, args, kwargs):
+def _model_level_call(call: Call, executor, x, sigma, args, kwargs):
     """Cache the whole model in noise-prediction space: residual (denoised - x) / sigma."""
+    run, ctx = call.run, call.ctx
     s = sigma.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
     modulated = None
     if run.state.needs_modulated_input:
         base = executor.class_obj
-        modulated = run.strategy.model_indicator(run.diffusion_model, x, base.model_sampling.timestep(sigma).float())
+        modulated = run.strategy.model_indicator(call.diffusion_model, x, base.model_sampling.timestep(sigma).float())
     run.state.enter_blocks(ctx, x / s, modulated)
     if ctx.skip:
         return ctx.skip_out * s
@@ -179,16 +206,20 @@ class BlockPatch:
     def _compute(self, args, extra):
         return self.prev(args, extra) if self.prev is not None else extra["original_block"](args)
 
+    def to(self, device_or_dtype):
+        """ComfyUI moves block patches that have ``to`` to the load device, and under multi-GPU work
+        units to each call's device: pass that on to the patch this one wraps (never in place)."""
+        moved = self.prev.to(device_or_dtype) if hasattr(self.prev, "to") else self.prev
+        return self if moved is self.prev else BlockPatch(self.key, self.first, self.last, moved)
+
     def __call__(self, args, extra):
         to = args.get("transformer_options")
-        run: Run | None = to.get(RUN_KEY) if isinstance(to, dict) else _CALL_RUN.get()
-        state = run.state if run is not None else None
-        ctx = state.current if state is not None else None
-        if ctx is None:
+        call: Call | None = (to.get(CALL_KEY) if isinstance(to, dict) else None) or _CALL.get()
+        if call is None:                   # not inside a patched run's model call
             return self._compute(args, extra)
-        s = run.strategy
+        ctx, state, s = call.ctx, call.run.state, call.run.strategy
         if self.first:
-            modulated = s.modulated_input(run.diffusion_model, args) if state.needs_modulated_input else None
+            modulated = s.modulated_input(call.diffusion_model, args) if state.needs_modulated_input else None
             state.enter_blocks(ctx, s.stream_in(self.key, args), modulated)
         if ctx.skip:                       # every block passes through; the last returns input + residual
             if self.last:
