@@ -278,21 +278,20 @@ def test_threaded_skipped_step_uses_the_residual_its_own_device_computed(make):
     assert not torch.equal(residuals[0], residuals[2])      # cond's and uncond's residuals differ
 
 
-SEEN: dict[str, list] = {}      # calls of MovablePatch copies by tag (ModelPatcher.clone deep-copies patches)
-
-
 class MovablePatch:
     """A foreign block patch with ``to`` (as ComfyUI's model patches have): ComfyUI hands each device a copy.
-    Its calls are recorded under its tag, which every copy (deep copies by ModelPatcher.clone too) shares."""
+    It notes its calls in ``SEEN[token]`` (ComfyUI 0.3.75's clone deep-copies patches, a token survives that)."""
 
-    def __init__(self, tag, device=None):
-        self.tag, self.device = tag, device
+    SEEN: dict[str, list] = {}
+
+    def __init__(self, token, device=None):
+        self.token, self.device = token, device
 
     def to(self, device_or_dtype):
-        return MovablePatch(self.tag, device_or_dtype) if isinstance(device_or_dtype, torch.device) else self
+        return MovablePatch(self.token, device_or_dtype) if isinstance(device_or_dtype, torch.device) else self
 
     def __call__(self, args, extra):
-        SEEN.setdefault(self.tag, []).append((threading.get_ident(), str(self.device)))
+        self.SEEN[self.token].append((threading.get_ident(), str(self.device)))
         return extra["original_block"](args)
 
 
@@ -301,13 +300,12 @@ def test_a_wrapped_block_patch_is_moved_as_it_would_be_alone(name):
     """ComfyUI calls ``to`` on block patches (under work units: in each thread, to that call's device);
     the pack's patch wrapping a foreign one passes that on, so the foreign patch sees what it sees alone."""
     def devices(with_magcache):
-        tag = f"{name} {with_magcache}"
-        seen = SEEN.setdefault(tag, [])
-        seen.clear()
+        token = f"{name} {with_magcache}"
+        seen = MovablePatch.SEEN[token] = []
 
         def patch(m):
             m = m.clone()
-            m.set_model_patch_replace(MovablePatch(tag), "dit", "double_block", 0)
+            m.set_model_patch_replace(MovablePatch(token), "dit", "double_block", 0)
             return magcache(m, 0.0) if with_magcache else m
         run(tiny_flux, name, patch, steps=3)
         assert len(seen) == 3 * (1 if name == "batched" else 2)
