@@ -16,17 +16,22 @@ from .generic import GenericStrategy
 from .hidream import HiDreamStrategy
 from .hunyuan3d import Hunyuan3DStrategy
 from .hunyuan_video import HunyuanVideoStrategy
+from .longcat_image import LongCatImageStrategy
 from .ltxv import LTXVStrategy
 from .lumina2 import Lumina2Strategy
 from .mochi import MochiStrategy
+from .ovis_image import OvisImageStrategy
 from .qwen_image import QwenImageStrategy
 from .sd3 import SD3Strategy
 from .wan import WanStrategy
 
 STRATEGIES: list[type[Strategy]] = [
+    OvisImageStrategy,                    # before FLUX.1: same class and model_base, told apart by its config
     FluxStrategy, Flux2Strategy, ChromaRadianceStrategy, ChromaStrategy, QwenImageStrategy,
     HunyuanVideoStrategy, WanStrategy, LTXVStrategy, SD3Strategy, MochiStrategy, AuraFlowStrategy,
     Hunyuan3DStrategy, Lumina2Strategy, HiDreamStrategy,
+    # --- ComfyUI 0.33: image ---
+    LongCatImageStrategy,
     GenericStrategy,                      # last: takes any model
 ]
 

@@ -56,6 +56,9 @@ TABLE = {
     "pixart": ("generic", None, None, "model"),
     "sdxl": ("generic", None, None, "model"),
     "sd15": ("generic", None, None, "model"),
+    # --- ComfyUI 0.33: image (LongCat-Image, Ovis-Image, MageFlow, HiDream-O1, Kandinsky 5, JoyImage, Lens) ---
+    "longcat_image": ("longcat_image", None, None, "txt_first"),
+    "ovis_image": ("ovis_image", None, None, "txt_first"),
 }
 NAMES = [n for n in TABLE if n in tiny_zoo.ZOO]
 

@@ -159,6 +159,14 @@ def since(name: str):
     return getattr(sm, name, None)
 
 
+def since_field(config_cls, params: str, field_name: str):
+    """``config_cls``, or None where this ComfyUI's Params dataclass ``params`` has no ``field_name`` (a variant
+    that only a config flag tells apart: fit_params would silently drop the flag and build another model)."""
+    module, _, name = params.rpartition(".")
+    names = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    return config_cls if field_name in names else None
+
+
 _ENTRIES: dict[str, Entry] = {
     # --- Flux family ---------------------------------------------------------------------------------------------
     "flux": Entry(sm.Flux, dict(FLUX_BASE, image_model="flux", guidance_embed=True, vec_in_dim=32), 32,
@@ -307,6 +315,18 @@ _ENTRIES: dict[str, Entry] = {
     # SD1.5 forces num_heads=8 -> head dim 4 at 32 channels.
     "sd15": Entry(sm.SD15, dict(UNET_BASE, model_channels=32, use_linear_in_transformer=False, context_dim=32,
                                 adm_in_channels=None), 32, (1, 4, 16, 16), init_std=0.05),
+    # --- ComfyUI 0.33: image (LongCat-Image, Ovis-Image, MageFlow, HiDream-O1, Kandinsky 5, JoyImage, Lens) ---------
+    # LongCat-Image: FLUX blocks under model_base.LongCatImage; no guidance, no pooled vector, text rope ids on axes
+    # 1 and 2 (as ComfyUI's detection sets them; the real text width is 3584).
+    "longcat_image": Entry(since("LongCatImage"), dict(FLUX_BASE, image_model="flux", guidance_embed=False,
+                                                       vec_in_dim=None, txt_ids_dims=[1, 2]),
+                           32, (1, 16, 16, 16), dit=_blocks(2, 2)),
+    # Ovis-Image: loads through FluxSchnell's config (no guidance_in) as model_base.Flux; only the SwiGLU
+    # ("yak") MLPs and the RMSNorm on the text input (txt_norm) tell it apart from FLUX.1.
+    "ovis_image": Entry(since_field(sm.FluxSchnell, PARAMS_OF["flux"], "yak_mlp"),
+                        dict(FLUX_BASE, image_model="flux", guidance_embed=False, vec_in_dim=None, txt_ids_dims=[1, 2],
+                             yak_mlp=True, txt_norm=True),
+                        32, (1, 16, 16, 16), dit=_blocks(2, 2)),
 }
 
 ZOO: dict[str, Entry] = {k: e for k, e in _ENTRIES.items() if e.config_cls is not None}
