@@ -19,6 +19,7 @@ from .hunyuan_video import HunyuanVideoStrategy
 from .longcat_image import LongCatImageStrategy
 from .ltxv import LTXVStrategy
 from .lumina2 import Lumina2Strategy
+from .mage_flow import MageFlowStrategy
 from .mochi import MochiStrategy
 from .ovis_image import OvisImageStrategy
 from .qwen_image import QwenImageStrategy
@@ -31,7 +32,7 @@ STRATEGIES: list[type[Strategy]] = [
     HunyuanVideoStrategy, WanStrategy, LTXVStrategy, SD3Strategy, MochiStrategy, AuraFlowStrategy,
     Hunyuan3DStrategy, Lumina2Strategy, HiDreamStrategy,
     # --- ComfyUI 0.33: image ---
-    LongCatImageStrategy,
+    LongCatImageStrategy, MageFlowStrategy,
     GenericStrategy,                      # last: takes any model
 ]
 

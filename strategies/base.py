@@ -175,3 +175,11 @@ def flux_style_modulated(block, args: dict) -> torch.Tensor:
     mod = block.img_mod(vec)[0] if getattr(block, "modulation", True) else vec[0][0]
     dims = args.get("modulation_dims_img")
     return apply_mod(block.img_norm1(args["img"]), 1 + mod.scale, mod.shift, dims)
+
+
+def qwen_style_modulated(block, args: dict) -> torch.Tensor:
+    """img_norm1(img) * (1 + scale) + shift with the first block's image modulation, for double blocks whose
+    ``img_mod(vec)`` gives (shift, scale, gate) for attention then for the MLP (Qwen-Image's block, and blocks
+    built like it: MageFlow, Lens)."""
+    shift, scale, _ = block.img_mod(args["vec"]).chunk(2, dim=-1)[0].chunk(3, dim=-1)
+    return block.img_norm1(args["img"]) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)

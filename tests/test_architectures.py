@@ -59,6 +59,7 @@ TABLE = {
     # --- ComfyUI 0.33: image (LongCat-Image, Ovis-Image, MageFlow, HiDream-O1, Kandinsky 5, JoyImage, Lens) ---
     "longcat_image": ("longcat_image", None, None, "txt_first"),
     "ovis_image": ("ovis_image", None, None, "txt_first"),
+    "mage_flow": ("mage_flow", None, None, None),
 }
 NAMES = [n for n in TABLE if n in tiny_zoo.ZOO]
 

@@ -327,6 +327,11 @@ _ENTRIES: dict[str, Entry] = {
                         dict(FLUX_BASE, image_model="flux", guidance_embed=False, vec_in_dim=None, txt_ids_dims=[1, 2],
                              yak_mlp=True, txt_norm=True),
                         32, (1, 16, 16, 16), dit=_blocks(2, 2)),
+    # MageFlow: Qwen-Image blocks at patch 1 on the 128-channel FLUX.2 latent; model_base rounds t to bf16.
+    "mage_flow": Entry(since("MageFlow"), dict(image_model="mage_flow", in_channels=128, out_channels=128,
+                                               num_layers=2, attention_head_dim=32, num_attention_heads=2,
+                                               joint_attention_dim=32, axes_dims_rope=(8, 12, 12)),
+                       32, (1, 128, 8, 8), dit=_blocks(2)),
 }
 
 ZOO: dict[str, Entry] = {k: e for k, e in _ENTRIES.items() if e.config_cls is not None}
