@@ -16,6 +16,7 @@ from .generic import GenericStrategy
 from .hidream import HiDreamStrategy
 from .hunyuan3d import Hunyuan3DStrategy
 from .hunyuan_video import HunyuanVideoStrategy
+from .joyimage import JoyImageStrategy
 from .longcat_image import LongCatImageStrategy
 from .ltxv import LTXVStrategy
 from .lumina2 import Lumina2Strategy
@@ -32,7 +33,7 @@ STRATEGIES: list[type[Strategy]] = [
     HunyuanVideoStrategy, WanStrategy, LTXVStrategy, SD3Strategy, MochiStrategy, AuraFlowStrategy,
     Hunyuan3DStrategy, Lumina2Strategy, HiDreamStrategy,
     # --- ComfyUI 0.33: image ---
-    LongCatImageStrategy, MageFlowStrategy,
+    LongCatImageStrategy, MageFlowStrategy, JoyImageStrategy,
     GenericStrategy,                      # last: takes any model
 ]
 

@@ -60,6 +60,7 @@ TABLE = {
     "longcat_image": ("longcat_image", None, None, "txt_first"),
     "ovis_image": ("ovis_image", None, None, "txt_first"),
     "mage_flow": ("mage_flow", None, None, None),
+    "joyimage": ("joyimage", None, None, None),
 }
 NAMES = [n for n in TABLE if n in tiny_zoo.ZOO]
 

@@ -332,6 +332,12 @@ _ENTRIES: dict[str, Entry] = {
                                                num_layers=2, attention_head_dim=32, num_attention_heads=2,
                                                joint_attention_dim=32, axes_dims_rope=(8, 12, 12)),
                        32, (1, 128, 8, 8), dit=_blocks(2)),
+    # JoyImage: unet_extra_config forces rope_dim_list [16, 56, 56], so the head dim is 128 (one head at width 128);
+    # Wan21 latent format -> 5-D latent.
+    "joyimage": Entry(since("JoyImage"), dict(image_model="joyimage", patch_size=[1, 2, 2], in_channels=16,
+                                              hidden_size=128, num_attention_heads=1, text_dim=32,
+                                              mlp_width_ratio=2.0, num_layers=2),
+                      32, (1, 16, 1, 8, 8), dit=_blocks(2)),
 }
 
 ZOO: dict[str, Entry] = {k: e for k, e in _ENTRIES.items() if e.config_cls is not None}
