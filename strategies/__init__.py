@@ -17,6 +17,7 @@ from .hidream import HiDreamStrategy
 from .hunyuan3d import Hunyuan3DStrategy
 from .hunyuan_video import HunyuanVideoStrategy
 from .joyimage import JoyImageStrategy
+from .lens import LensStrategy
 from .longcat_image import LongCatImageStrategy
 from .ltxv import LTXVStrategy
 from .lumina2 import Lumina2Strategy
@@ -33,7 +34,7 @@ STRATEGIES: list[type[Strategy]] = [
     HunyuanVideoStrategy, WanStrategy, LTXVStrategy, SD3Strategy, MochiStrategy, AuraFlowStrategy,
     Hunyuan3DStrategy, Lumina2Strategy, HiDreamStrategy,
     # --- ComfyUI 0.33: image ---
-    LongCatImageStrategy, MageFlowStrategy, JoyImageStrategy,
+    LongCatImageStrategy, MageFlowStrategy, JoyImageStrategy, LensStrategy,
     GenericStrategy,                      # last: takes any model
 ]
 

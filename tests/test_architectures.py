@@ -61,6 +61,7 @@ TABLE = {
     "ovis_image": ("ovis_image", None, None, "txt_first"),
     "mage_flow": ("mage_flow", None, None, None),
     "joyimage": ("joyimage", None, None, None),
+    "lens": ("lens", None, None, None),
 }
 NAMES = [n for n in TABLE if n in tiny_zoo.ZOO]
 

@@ -338,6 +338,12 @@ _ENTRIES: dict[str, Entry] = {
                                               hidden_size=128, num_attention_heads=1, text_dim=32,
                                               mlp_width_ratio=2.0, num_layers=2),
                       32, (1, 16, 1, 8, 8), dit=_blocks(2)),
+    # Lens: 128-channel FLUX.2 latent, tokens are latent pixels; the text is L selected encoder layers side by side
+    # (context width = enc_hidden_dim * L = 16 * 2).
+    "lens": Entry(since("Lens"), dict(image_model="lens", patch_size=2, in_channels=128, out_channels=32,
+                                      num_layers=2, attention_head_dim=32, num_attention_heads=2, enc_hidden_dim=16,
+                                      axes_dims_rope=(8, 12, 12), selected_layer_index=(0, 1)),
+                  32, (1, 128, 8, 8), dit=_blocks(2)),
 }
 
 ZOO: dict[str, Entry] = {k: e for k, e in _ENTRIES.items() if e.config_cls is not None}
