@@ -63,8 +63,10 @@ def patch_model(model, strategy: Strategy, config: RunConfig, on_success=None):
     if isinstance(strategy, BlockStrategy):
         existing = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
         last = len(strategy.block_keys) - 1
+        dm = m.model.diffusion_model
         for i, key in enumerate(strategy.block_keys):
-            m.set_model_patch_replace(BlockPatch(key, i == 0, i == last, existing.get(key)), "dit", key[0], key[1])
+            patch = BlockPatch(key, i == 0, i == last, existing.get(key), strategy.original_block(dm, key))
+            m.set_model_patch_replace(patch, "dit", key[0], key[1])
     return m
 
 
@@ -141,12 +143,15 @@ def _model_level_call(run: Run, ctx, executor, x, sigma, args, kwargs):
 
 
 class BlockPatch:
-    """The replace patch for one block; ``prev`` is a patch that was there before ours."""
+    """The replace patch for one block; ``prev`` is a patch that was there before ours; ``original``, where
+    the strategy gives one, stands in for the model's ``extra["original_block"]`` (BlockStrategy.original_block)."""
 
-    def __init__(self, key, first: bool, last: bool, prev=None):
-        self.key, self.first, self.last, self.prev = key, first, last, prev
+    def __init__(self, key, first: bool, last: bool, prev=None, original=None):
+        self.key, self.first, self.last, self.prev, self.original = key, first, last, prev, original
 
     def _compute(self, args, extra):
+        if self.original is not None:
+            extra = {**extra, "original_block": self.original}
         return self.prev(args, extra) if self.prev is not None else extra["original_block"](args)
 
     def __call__(self, args, extra):
@@ -164,7 +169,7 @@ class BlockPatch:
                 return s.with_stream(self.key, args, ctx.skip_out)
             out = s.passthrough(self.key, args)
             if self.first:                 # a copy: models add to the stream in place between blocks (VACE
-                out["img"] = out["img"].clone()    # hints), which must not reach the embedding they reuse
+                out[s.stream_key] = out[s.stream_key].clone()   # hints), which must not reach the embedding
             return out
         out = self._compute(args, extra)
         if self.last:

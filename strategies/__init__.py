@@ -17,6 +17,7 @@ from .hidream import HiDreamStrategy
 from .hunyuan3d import Hunyuan3DStrategy
 from .hunyuan_video import HunyuanVideoStrategy
 from .joyimage import JoyImageStrategy
+from .kandinsky5 import Kandinsky5Strategy
 from .lens import LensStrategy
 from .longcat_image import LongCatImageStrategy
 from .ltxv import LTXVStrategy
@@ -34,7 +35,7 @@ STRATEGIES: list[type[Strategy]] = [
     HunyuanVideoStrategy, WanStrategy, LTXVStrategy, SD3Strategy, MochiStrategy, AuraFlowStrategy,
     Hunyuan3DStrategy, Lumina2Strategy, HiDreamStrategy,
     # --- ComfyUI 0.33: image ---
-    LongCatImageStrategy, MageFlowStrategy, JoyImageStrategy, LensStrategy,
+    LongCatImageStrategy, MageFlowStrategy, JoyImageStrategy, LensStrategy, Kandinsky5Strategy,
     GenericStrategy,                      # last: takes any model
 ]
 

@@ -106,6 +106,7 @@ class BlockStrategy(Strategy):
     double_blocks: ClassVar[str | None] = "double_blocks"   # ("double_block", i) for each module here
     single_blocks: ClassVar[str | None] = None              # ("single_block", i) for each module here
     single_txt_first: ClassVar[bool] = True                 # single blocks see cat(txt, img), else cat(img, txt)
+    stream_key: ClassVar[str] = "img"                       # the image stream's key in the patch's args and output
 
     def __init__(self, model_patcher):
         self.block_keys: list[BlockKey] = self.find_blocks(diffusion_model(model_patcher))
@@ -123,26 +124,33 @@ class BlockStrategy(Strategy):
     # -- the image stream ----------------------------------------------------------------------
     def stream_in(self, key: BlockKey, args: dict) -> torch.Tensor:
         """The residual stream entering the first block."""
-        return args["img"]
+        return args[self.stream_key]
 
     def stream_out(self, key: BlockKey, out: dict, n_tokens: int) -> torch.Tensor:
         """The image stream leaving the last block (``n_tokens`` as it had entering)."""
-        x = out["img"]
+        x = out[self.stream_key]
         if key[0] == "single_block" and x.shape[1] != n_tokens:
             return x[:, -n_tokens:] if self.single_txt_first else x[:, :n_tokens]
         return x
 
     def with_stream(self, key: BlockKey, args: dict, stream: torch.Tensor) -> dict:
         """The last block's output with the image stream replaced by ``stream``."""
-        x = args["img"]
+        x = args[self.stream_key]
         if key[0] == "single_block" and x.shape[1] != stream.shape[1]:
             other = x[:, : x.shape[1] - stream.shape[1]] if self.single_txt_first else x[:, stream.shape[1]:]
-            return {"img": torch.cat((other, stream) if self.single_txt_first else (stream, other), dim=1)}
-        return self.passthrough(key, args) | {"img": stream}
+            return {self.stream_key: torch.cat((other, stream) if self.single_txt_first else (stream, other), dim=1)}
+        return self.passthrough(key, args) | {self.stream_key: stream}
 
     def passthrough(self, key: BlockKey, args: dict) -> dict:
         """A block's output when it is skipped: its inputs, unchanged."""
-        return {k: args[k] for k in ("img", "txt") if k in args}
+        return {k: args[k] for k in (self.stream_key, "txt") if k in args}
+
+    def original_block(self, dm, key: BlockKey):
+        """None: the block runs as the model's own ``extra["original_block"]`` runs it. A strategy whose model
+        hands its patches an ``original_block`` that cannot run the block returns one that does (``args`` ->
+        the block's output dict), built from the block module and the patch's args alone; it replaces the
+        model's in ``extra`` for every patch on the block (patches set before ours included)."""
+        return None
 
     # -- TeaCache --------------------------------------------------------------------------------
     def modulated_input(self, dm, args: dict) -> torch.Tensor | None:

@@ -62,6 +62,8 @@ TABLE = {
     "mage_flow": ("mage_flow", None, None, None),
     "joyimage": ("joyimage", None, None, None),
     "lens": ("lens", None, None, None),
+    "kandinsky5": ("kandinsky5", None, None, None),
+    "kandinsky5_image": ("kandinsky5", None, None, None),
 }
 NAMES = [n for n in TABLE if n in tiny_zoo.ZOO]
 
@@ -151,17 +153,28 @@ def with_image_tokens(x, stream, order):
     return torch.cat((x[:, :-n], stream), 1) if order == "txt_first" else torch.cat((stream, x[:, n:]), 1)
 
 
+def stream_key(args):
+    """ComfyUI's block patches carry the image stream as "img" (with "txt" beside it), or as "x"."""
+    return "img" if "img" in args else "x"
+
+
 def oracle(model, strategy, call_c, call_t, order):
     keys = strategy.block_keys
+    dm = model.model.diffusion_model
     seen = {}
 
     def observe(key):
+        # The block as the model's own original_block runs it, or as the strategy runs it where the model's
+        # cannot (Kandinsky 5); which of the two is right is checked by the bit-identical test.
+        run_block = strategy.original_block(dm, key)
+
         def patch(args, extra):
+            img = stream_key(args)
             if key == keys[0]:
-                seen["S"] = args["img"].clone()           # before the block: FLUX updates it in place
-            out = extra["original_block"](args)
+                seen["S"] = args[img].clone()             # before the block: FLUX updates it in place
+            out = (run_block or extra["original_block"])(args)
             if key == keys[-1]:
-                seen["O"] = image_tokens(out["img"], seen["S"].shape[1], order).clone()
+                seen["O"] = image_tokens(out[img], seen["S"].shape[1], order).clone()
             return out
         return patch
     run_unpatched(model, call_c, {k: observe(k) for k in keys})
@@ -169,12 +182,13 @@ def oracle(model, strategy, call_c, call_t, order):
 
     def replay(key):
         def patch(args, extra):
-            out = {k: args[k] for k in ("img", "txt") if k in args}
+            img = stream_key(args)
+            out = {k: args[k] for k in (img, "txt") if k in args}
             if key == keys[0]:
-                seen["St"] = args["img"].clone()
-                out["img"] = args["img"].clone()          # as a block would: a new tensor, not the embedding
+                seen["St"] = args[img].clone()
+                out[img] = args[img].clone()              # as a block would: a new tensor, not the embedding
             if key == keys[-1]:
-                out["img"] = with_image_tokens(args["img"], seen["St"] + residual, order)
+                out[img] = with_image_tokens(args[img], seen["St"] + residual, order)
             return out
         return patch
     return run_unpatched(model, call_t, {k: replay(k) for k in keys})
