@@ -14,6 +14,7 @@ from .flux import FluxStrategy
 from .flux2 import Flux2Strategy
 from .generic import GenericStrategy
 from .hidream import HiDreamStrategy
+from .hidream_o1 import HiDreamO1Strategy
 from .hunyuan3d import Hunyuan3DStrategy
 from .hunyuan_video import HunyuanVideoStrategy
 from .joyimage import JoyImageStrategy
@@ -36,6 +37,7 @@ STRATEGIES: list[type[Strategy]] = [
     Hunyuan3DStrategy, Lumina2Strategy, HiDreamStrategy,
     # --- ComfyUI 0.33: image ---
     LongCatImageStrategy, MageFlowStrategy, JoyImageStrategy, LensStrategy, Kandinsky5Strategy,
+    HiDreamO1Strategy,
     GenericStrategy,                      # last: takes any model
 ]
 

@@ -64,6 +64,7 @@ TABLE = {
     "lens": ("lens", None, None, None),
     "kandinsky5": ("kandinsky5", None, None, None),
     "kandinsky5_image": ("kandinsky5", None, None, None),
+    "hidream_o1": ("hidream_o1", None, None, "model"),
 }
 NAMES = [n for n in TABLE if n in tiny_zoo.ZOO]
 
@@ -210,7 +211,8 @@ def test_detection(arch):
 
 def test_threshold_zero_and_calibration_are_bit_identical(arch):
     name, model = arch
-    ref = tiny_zoo.sample(model, name, steps=4)
+    tiny_zoo.sample(model, name, steps=4)    # the reference is a second run: a model may keep state across runs
+    ref = tiny_zoo.sample(model, name, steps=4)   # (HiDream-O1's prompt K/V cache: its first step differs by ulps)
     zero = MagCacheApply().apply(model, "auto", 0.0, 0.0, 4, ratios=flat_ratios())[0]
     assert torch.equal(tiny_zoo.sample(zero, name, steps=4), ref)
     cal = MagCacheCalibrate().calibrate(model, f"exact {name}")[0]
@@ -230,10 +232,8 @@ def test_forced_skips_run_no_block_and_follow_the_residual_path(arch):
     patched = forced(rec.attach(model))          # the recorder outside ours: it sees skipped calls too
     if s.level == "blocks":
         counter = ModuleCalls(block_modules(model, s))
-    else:
-        dm = model.model.diffusion_model
-        first_leaf = next(m for m in dm.modules() if next(m.parameters(recurse=False), None) is not None)
-        counter = ModuleCalls([first_leaf])
+    else:                                        # the diffusion model itself (its first leaf may not run: a
+        counter = ModuleCalls([model.model.diffusion_model])    # vision tower used for reference images only)
     try:
         out = tiny_zoo.sample(patched, name, steps=STEPS)
     finally:

@@ -131,6 +131,12 @@ def _mask(**more):
     return lambda g, tokens: {"attention_mask": torch.ones(1, tokens, dtype=torch.long), **more}
 
 
+def _hidream_o1_ids(g, tokens):
+    """HiDream-O1's prompt: <|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n<|boi|><|tms|>."""
+    text = torch.randint(1000, 100000, (tokens,), generator=g).tolist()
+    return torch.tensor([[151644, 872, 198] + text + [151645, 198, 151644, 77091, 198, 151669, 151673]])
+
+
 def _blocks(double=0, single=0):
     return {k: v for k, v in (("double_block", double), ("single_block", single)) if v}
 
@@ -360,6 +366,21 @@ _ENTRIES: dict[str, Entry] = {
                                                              num_text_blocks=1, num_visual_blocks=2,
                                                              axes_dims=(8, 12, 12)),
                               32, (1, 16, 16, 16), _pooled(24), dit=_blocks(2)),
+    # HiDream-O1: pixel space (3 channels, 32x32 patches: a 64x64 image is 4 tokens). The "text encoder" only
+    # tokenizes: the cond carries text_input_ids (the chat template around random ids) and a dummy (1, n, 1)
+    # context. The Qwen3-VL decoder keeps its full vocabulary (the template's special ids are > 151000), so the
+    # embedding table is most of the ~10M parameters; MRoPE sections sum to head_dim / 2. The noise is scaled by 8
+    # (sampling_settings noise_scale), so at std 0.1 the velocity barely changes between steps (ratios round to 1).
+    "hidream_o1": Entry(since("HiDreamO1"), dict(image_model="hidream_o1",
+                                                 text_config_overrides=dict(hidden_size=64, intermediate_size=128,
+                                                                            num_hidden_layers=2, num_attention_heads=2,
+                                                                            num_key_value_heads=1, head_dim=32,
+                                                                            rope_dims=[6, 5, 5]),
+                                                 vision_config_overrides=dict(hidden_size=32, num_heads=2,
+                                                                              intermediate_size=64, depth=1,
+                                                                              num_position_embeddings=64)),
+                        1, (1, 3, 64, 64), lambda g, t: {"text_input_ids": _hidream_o1_ids(g, t)}, init_std=0.6,
+                        dit=_blocks(2), notes="block patches exist but are not used (strategies/hidream_o1.py)"),
 }
 
 ZOO: dict[str, Entry] = {k: e for k, e in _ENTRIES.items() if e.config_cls is not None}
@@ -418,6 +439,9 @@ class _ClaimAll(dict):
         self.seen = []
 
     def __contains__(self, key):
+        return True
+
+    def __bool__(self):                  # claims every key: not empty (HiDream-O1 reads an empty dict as no patches)
         return True
 
     def get(self, key, default=None):
