@@ -5,7 +5,9 @@ Two kinds:
 * ``BlockStrategy`` (level "blocks"): the model offers ComfyUI's block-replace patches
   (``transformer_options["patches_replace"]["dit"]``). The strategy names the blocks in the order
   they run, says where the image stream is in the first block's input and the last block's output
-  (``residual``, one line), and, for TeaCache, how to get the first block's modulated input.
+  (``residual``, one line; ``stream_key`` where the patch args call it "x", not "img"), and, for
+  TeaCache, how to get the first block's modulated input. ``original_block`` is for a model whose own
+  ``extra["original_block"]`` cannot run its block (Kandinsky 5 in ComfyUI 0.33).
 * ``ModelStrategy`` (level "model"): no block patches; the DIFFUSION_MODEL wrapper caches the
   whole model's output minus its input (as ComfyUI's EasyCache). ``generic.py`` is the fallback
   for any model; a named ModelStrategy may add presets and a TeaCache input.

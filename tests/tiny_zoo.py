@@ -39,6 +39,9 @@ Gotchas
   Flux/Chroma/Hunyuan* double_blocks + single_blocks, Wan blocks (VACE's vace_blocks are not hooked), LTXV and
   Qwen transformer_blocks, Mochi/Hunyuan DiT/Cosmos/PixArt blocks, SD3 joint_blocks, AuraFlow double_layers +
   single_layers, Lumina2/Z-Image/OmniGen2 layers (+ refiners), HiDream double_stream_blocks + single_stream_blocks.
+  ComfyUI 0.33 image models: LongCat-Image/Ovis-Image as Flux, MageFlow and Lens transformer_blocks, JoyImage
+  double_blocks, Kandinsky 5 visual_transformer_blocks (stream "x"; its original_block raises TypeError),
+  HiDream-O1 language_model.layers (stream "x").
 
 Left out: none of the requested entries had to be (``LEFT_OUT`` is empty).
 """
