@@ -90,8 +90,10 @@ def patch_model(model, strategy: Strategy, config: RunConfig, on_success=None):
     if isinstance(strategy, BlockStrategy):
         existing = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
         last = len(strategy.block_keys) - 1
+        dm = m.model.diffusion_model
         for i, key in enumerate(strategy.block_keys):
-            m.set_model_patch_replace(BlockPatch(key, i == 0, i == last, existing.get(key)), "dit", key[0], key[1])
+            patch = BlockPatch(key, i == 0, i == last, existing.get(key), strategy.original_block(dm, key))
+            m.set_model_patch_replace(patch, "dit", key[0], key[1])
     return m
 
 
@@ -198,19 +200,22 @@ def _model_level_call(call: Call, executor, x, sigma, args, kwargs):
 
 
 class BlockPatch:
-    """The replace patch for one block; ``prev`` is a patch that was there before ours."""
+    """The replace patch for one block; ``prev`` is a patch that was there before ours; ``original``, where
+    the strategy gives one, stands in for the model's ``extra["original_block"]`` (BlockStrategy.original_block)."""
 
-    def __init__(self, key, first: bool, last: bool, prev=None):
-        self.key, self.first, self.last, self.prev = key, first, last, prev
+    def __init__(self, key, first: bool, last: bool, prev=None, original=None):
+        self.key, self.first, self.last, self.prev, self.original = key, first, last, prev, original
 
     def _compute(self, args, extra):
+        if self.original is not None:
+            extra = {**extra, "original_block": self.original}
         return self.prev(args, extra) if self.prev is not None else extra["original_block"](args)
 
     def to(self, device_or_dtype):
         """ComfyUI moves block patches that have ``to`` to the load device, and under multi-GPU work
         units to each call's device: pass that on to the patch this one wraps (never in place)."""
         moved = self.prev.to(device_or_dtype) if hasattr(self.prev, "to") else self.prev
-        return self if moved is self.prev else BlockPatch(self.key, self.first, self.last, moved)
+        return self if moved is self.prev else BlockPatch(self.key, self.first, self.last, moved, self.original)
 
     def __call__(self, args, extra):
         to = args.get("transformer_options")

@@ -14,13 +14,20 @@ from .flux import FluxStrategy
 from .flux2 import Flux2Strategy
 from .generic import GenericStrategy
 from .hidream import HiDreamStrategy
+from .hidream_o1 import HiDreamO1Strategy
 from .hunyuan3d import Hunyuan3D21Strategy, Hunyuan3DStrategy
 from .hunyuan_dit import HunyuanDiTStrategy
 from .hunyuan_video import HunyuanVideoStrategy
+from .joyimage import JoyImageStrategy
+from .kandinsky5 import Kandinsky5Strategy
+from .lens import LensStrategy
+from .longcat_image import LongCatImageStrategy
 from .ltxv import LTXAVStrategy, LTXVStrategy
 from .lumina2 import Lumina2Strategy
+from .mage_flow import MageFlowStrategy
 from .minimax import MiniMaxH3Strategy
 from .mochi import MochiStrategy
+from .ovis_image import OvisImageStrategy
 from .qwen_image import QwenImageStrategy
 from .sd3 import SD3Strategy
 from .seedvr2 import SeedVR2Strategy
@@ -28,10 +35,14 @@ from .stable_audio import StableAudioStrategy
 from .wan import WanStrategy
 
 STRATEGIES: list[type[Strategy]] = [
+    OvisImageStrategy,                    # before FLUX.1: same class and model_base, told apart by its config
     FluxStrategy, Flux2Strategy, ChromaRadianceStrategy, ChromaStrategy, QwenImageStrategy,
     HunyuanVideoStrategy, WanStrategy, LTXVStrategy, LTXAVStrategy, SD3Strategy, MochiStrategy, AuraFlowStrategy,
     Hunyuan3DStrategy, Lumina2Strategy, HiDreamStrategy,
     HunyuanDiTStrategy, StableAudioStrategy, Hunyuan3D21Strategy, SeedVR2Strategy, MiniMaxH3Strategy,
+    # --- ComfyUI 0.33: image ---
+    LongCatImageStrategy, MageFlowStrategy, JoyImageStrategy, LensStrategy, Kandinsky5Strategy,
+    HiDreamO1Strategy,
     GenericStrategy,                      # last: takes any model
 ]
 

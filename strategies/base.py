@@ -5,7 +5,9 @@ Two kinds:
 * ``BlockStrategy`` (level "blocks"): the model offers ComfyUI's block-replace patches
   (``transformer_options["patches_replace"]["dit"]``). The strategy names the blocks in the order
   they run, says where the image stream is in the first block's input and the last block's output
-  (``residual``, one line), and, for TeaCache, how to get the first block's modulated input.
+  (``residual``, one line; ``stream`` where the patch args call it "x" or "vid", not "img"), and, for
+  TeaCache, how to get the first block's modulated input. ``original_block`` is for a model whose own
+  ``extra["original_block"]`` cannot run its block (Kandinsky 5 in ComfyUI 0.33).
 * ``ModelStrategy`` (level "model"): no block patches; the DIFFUSION_MODEL wrapper caches the
   whole model's output minus its input (as ComfyUI's EasyCache). ``generic.py`` is the fallback
   for any model; a named ModelStrategy may add presets and a TeaCache input.
@@ -154,7 +156,14 @@ class BlockStrategy(Strategy):
 
     def passthrough(self, key: BlockKey, args: dict) -> dict:
         """A block's output when it is skipped: its inputs, unchanged."""
-        return {k: args[k] for k in self.carried if k in args}
+        return {k: args[k] for k in dict.fromkeys((self.stream,) + self.carried) if k in args}
+
+    def original_block(self, dm, key: BlockKey):
+        """None: the block runs as the model's own ``extra["original_block"]`` runs it. A strategy whose model
+        hands its patches an ``original_block`` that cannot run the block returns one that does (``args`` ->
+        the block's output dict), built from the block module and the patch's args alone; it replaces the
+        model's in ``extra`` for every patch on the block (patches set before ours included)."""
+        return None
 
     # -- TeaCache --------------------------------------------------------------------------------
     def modulated_input(self, dm, args: dict) -> torch.Tensor | None:
@@ -204,3 +213,11 @@ def flux_style_modulated(block, args: dict) -> torch.Tensor:
     mod = block.img_mod(vec)[0] if getattr(block, "modulation", True) else vec[0][0]
     dims = args.get("modulation_dims_img")
     return apply_mod(block.img_norm1(args["img"]), 1 + mod.scale, mod.shift, dims)
+
+
+def qwen_style_modulated(block, args: dict) -> torch.Tensor:
+    """img_norm1(img) * (1 + scale) + shift with the first block's image modulation, for double blocks whose
+    ``img_mod(vec)`` gives (shift, scale, gate) for attention then for the MLP (Qwen-Image's block, and blocks
+    built like it: MageFlow, Lens)."""
+    shift, scale, _ = block.img_mod(args["vec"]).chunk(2, dim=-1)[0].chunk(3, dim=-1)
+    return block.img_norm1(args["img"]) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)

@@ -1,5 +1,9 @@
 """FLUX.1 (dev, schnell, Kontext): ``comfy.ldm.flux.model.Flux``.
 
+Other models load as the same class and model_base (Ovis-Image: ``ovis_image.py``; LongCat-Image has its own
+model_base: ``longcat_image.py``); FLUX.1's presets go only to a model whose config has FLUX.1's layout
+(``not_flux1``), any other is calibrate-only.
+
 Residual: the image tokens entering the first double block vs the image tokens leaving the
 last single block (text tokens are dropped, as in the MagCache authors' FLUX code).
 """
@@ -27,6 +31,15 @@ TEA_FLUX = (498.651651, -283.781631, 55.8554382, -3.82021401, 0.264230861)
 TEA_FLUX_KONTEXT = (-1046.55119, 312.563399, -16.9500694, 0.410995971, 0.0374537863)
 
 
+def not_flux1(params) -> list[str]:
+    """What a model of FLUX's class has that FLUX.1 (dev, schnell, Kontext) lacks, read from its config (which
+    ComfyUI derives from the weights): FLUX.1's presets fit only when this is empty."""
+    found = [] if params.vec_in_dim is not None else ["no pooled-text vector input"]
+    flags = {"yak_mlp": "SwiGLU MLPs", "txt_norm": "an RMSNorm on the text input",
+             "global_modulation": "shared modulation"}
+    return found + [words for flag, words in flags.items() if getattr(params, flag, False)]
+
+
 class FluxStrategy(BlockStrategy):
     name = "flux"
     title = "FLUX.1"
@@ -49,6 +62,9 @@ class FluxStrategy(BlockStrategy):
 
     def detect_variant(self, model_patcher):
         dm = model_patcher.model.diffusion_model
+        other = not_flux1(dm.params)
+        if other:
+            return None, None, f"a FLUX-class model that is not FLUX.1 ({', '.join(other)}), calibrate"
         if not dm.params.guidance_embed:
             return None, None, "FLUX.1 schnell (no guidance embedding)"
         # Kontext has the same weights layout as dev; pick 'flux_kontext' by hand for it.

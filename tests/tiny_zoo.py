@@ -43,6 +43,9 @@ Gotchas
 * Hunyuan-DiT, Hunyuan3D 2.1 and SeedVR2 pass no transformer_options in a block patch's args.
 * Stable Audio and MiniMax H3 leave buffers empty that checkpoints fill (rope tables): ``Entry.buffers`` fills
   them; the Stable Audio seconds conditioners live outside the net and come in through ``Entry.weights``.
+* ComfyUI 0.33 image models: LongCat-Image/Ovis-Image as Flux, MageFlow and Lens transformer_blocks, JoyImage
+  double_blocks, Kandinsky 5 visual_transformer_blocks (stream "x"; its original_block raises TypeError),
+  HiDream-O1 language_model.layers (stream "x").
 
 * Several-stream latents (LTX-2: video + audio): ``latent_shape`` is a list of shapes, the latent a
   ``comfy.nested_tensor.NestedTensor`` (the sampler packs it into one (B, 1, N) tensor and sets ``latent_shapes``);
@@ -149,6 +152,12 @@ def _mask(**more):
     return lambda g, tokens: {"attention_mask": torch.ones(1, tokens, dtype=torch.long), **more}
 
 
+def _hidream_o1_ids(g, tokens):
+    """HiDream-O1's prompt: <|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n<|boi|><|tms|>."""
+    text = torch.randint(1000, 100000, (tokens,), generator=g).tolist()
+    return torch.tensor([[151644, 872, 198] + text + [151645, 198, 151644, 77091, 198, 151669, 151673]])
+
+
 def _blocks(double=0, single=0):
     return {k: v for k, v in (("double_block", double), ("single_block", single)) if v}
 
@@ -216,8 +225,19 @@ def since(name: str):
 def tested_on(name: str) -> tuple[str, ...]:
     """The ComfyUI versions whose suite runs entry ``name``."""
     e = _ENTRIES[name]
-    new = e.config_cls is None or e.config_cls.__name__ in _NEW_CLASSES
+    new = e.config_cls is None or e.config_cls.__name__ in _NEW_CLASSES or name in _FIELD_GATED
     return ("0.33",) if new else ("0.3.75", "0.33")
+
+
+_FIELD_GATED = {"ovis_image"}     # entries made with since_field (a Params flag 0.3.75 lacks)
+
+
+def since_field(config_cls, params: str, field_name: str):
+    """``config_cls``, or None where this ComfyUI's Params dataclass ``params`` has no ``field_name`` (a variant
+    that only a config flag tells apart: fit_params would silently drop the flag and build another model)."""
+    module, _, name = params.rpartition(".")
+    names = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    return config_cls if field_name in names else None
 
 
 _ENTRIES: dict[str, Entry] = {
@@ -481,6 +501,66 @@ _ENTRIES: dict[str, Entry] = {
                                                  timestep_input_dim=32, time_embed_hidden_size=64,
                                                  time_embed_dim=32, rope_inv_freq_len=4),
                         32, ((1, 24, 1, 4, 4), (1, 32, 2, 2)), buffers=_minimax_rope, init_std=0.2, dit=_blocks(2)),
+    # --- ComfyUI 0.33: image (LongCat-Image, Ovis-Image, MageFlow, HiDream-O1, Kandinsky 5, JoyImage, Lens) ---------
+    # LongCat-Image: FLUX blocks under model_base.LongCatImage; no guidance, no pooled vector, text rope ids on axes
+    # 1 and 2 (as ComfyUI's detection sets them; the real text width is 3584).
+    "longcat_image": Entry(since("LongCatImage"), dict(FLUX_BASE, image_model="flux", guidance_embed=False,
+                                                       vec_in_dim=None, txt_ids_dims=[1, 2]),
+                           32, (1, 16, 16, 16), dit=_blocks(2, 2)),
+    # Ovis-Image: loads through FluxSchnell's config (no guidance_in) as model_base.Flux; only the SwiGLU
+    # ("yak") MLPs and the RMSNorm on the text input (txt_norm) tell it apart from FLUX.1.
+    "ovis_image": Entry(since_field(sm.FluxSchnell, PARAMS_OF["flux"], "yak_mlp"),
+                        dict(FLUX_BASE, image_model="flux", guidance_embed=False, vec_in_dim=None, txt_ids_dims=[1, 2],
+                             yak_mlp=True, txt_norm=True),
+                        32, (1, 16, 16, 16), dit=_blocks(2, 2)),
+    # MageFlow: Qwen-Image blocks at patch 1 on the 128-channel FLUX.2 latent; model_base rounds t to bf16.
+    "mage_flow": Entry(since("MageFlow"), dict(image_model="mage_flow", in_channels=128, out_channels=128,
+                                               num_layers=2, attention_head_dim=32, num_attention_heads=2,
+                                               joint_attention_dim=32, axes_dims_rope=(8, 12, 12)),
+                       32, (1, 128, 8, 8), dit=_blocks(2)),
+    # JoyImage: unet_extra_config forces rope_dim_list [16, 56, 56], so the head dim is 128 (one head at width 128);
+    # Wan21 latent format -> 5-D latent.
+    "joyimage": Entry(since("JoyImage"), dict(image_model="joyimage", patch_size=[1, 2, 2], in_channels=16,
+                                              hidden_size=128, num_attention_heads=1, text_dim=32,
+                                              mlp_width_ratio=2.0, num_layers=2),
+                      32, (1, 16, 1, 8, 8), dit=_blocks(2)),
+    # Lens: 128-channel FLUX.2 latent, tokens are latent pixels; the text is L selected encoder layers side by side
+    # (context width = enc_hidden_dim * L = 16 * 2).
+    "lens": Entry(since("Lens"), dict(image_model="lens", patch_size=2, in_channels=128, out_channels=32,
+                                      num_layers=2, attention_head_dim=32, num_attention_heads=2, enc_hidden_dim=16,
+                                      axes_dims_rope=(8, 12, 12), selected_layer_index=(0, 1)),
+                  32, (1, 128, 8, 8), dit=_blocks(2)),
+    # Kandinsky 5 video: in = 16 noise + 16 image + 1 mask channels (concat_cond fills zeros), times the 1x2x2 patch
+    # = visual_embed_dim 132; head dim = sum(axes_dims); pooled_output (in_text_dim2 wide) is required. Its block
+    # patches' original_block raises TypeError (see strategies/kandinsky5.py), so dit_replace_keys cannot measure it.
+    "kandinsky5": Entry(since("Kandinsky5"), dict(image_model="kandinsky5", in_visual_dim=16, out_visual_dim=16,
+                                                  in_text_dim=32, in_text_dim2=24, time_dim=32, model_dim=64,
+                                                  ff_dim=128, visual_embed_dim=132, patch_size=(1, 2, 2),
+                                                  num_text_blocks=1, num_visual_blocks=2, axes_dims=(8, 12, 12)),
+                        32, (1, 16, 1, 8, 8), _pooled(24), dit=_blocks(2)),
+    # Kandinsky 5 Image: no concat (16 channels * 4 = 64), FLUX latent format (4-D).
+    "kandinsky5_image": Entry(since("Kandinsky5Image"), dict(image_model="kandinsky5", in_visual_dim=16,
+                                                             out_visual_dim=16, in_text_dim=32, in_text_dim2=24,
+                                                             time_dim=32, model_dim=64, ff_dim=128,
+                                                             visual_embed_dim=64, patch_size=(1, 2, 2),
+                                                             num_text_blocks=1, num_visual_blocks=2,
+                                                             axes_dims=(8, 12, 12)),
+                              32, (1, 16, 16, 16), _pooled(24), dit=_blocks(2)),
+    # HiDream-O1: pixel space (3 channels, 32x32 patches: a 64x64 image is 4 tokens). The "text encoder" only
+    # tokenizes: the cond carries text_input_ids (the chat template around random ids) and a dummy (1, n, 1)
+    # context. The Qwen3-VL decoder keeps its full vocabulary (the template's special ids are > 151000), so the
+    # embedding table is most of the ~10M parameters; MRoPE sections sum to head_dim / 2. The noise is scaled by 8
+    # (sampling_settings noise_scale), so at std 0.1 the velocity barely changes between steps (ratios round to 1).
+    "hidream_o1": Entry(since("HiDreamO1"), dict(image_model="hidream_o1",
+                                                 text_config_overrides=dict(hidden_size=64, intermediate_size=128,
+                                                                            num_hidden_layers=2, num_attention_heads=2,
+                                                                            num_key_value_heads=1, head_dim=32,
+                                                                            rope_dims=[6, 5, 5]),
+                                                 vision_config_overrides=dict(hidden_size=32, num_heads=2,
+                                                                              intermediate_size=64, depth=1,
+                                                                              num_position_embeddings=64)),
+                        1, (1, 3, 64, 64), lambda g, t: {"text_input_ids": _hidream_o1_ids(g, t)}, init_std=0.6,
+                        dit=_blocks(2), notes="block patches exist but are not used (strategies/hidream_o1.py)"),
 }
 
 ZOO: dict[str, Entry] = {k: e for k, e in _ENTRIES.items() if e.config_cls is not None}
@@ -554,6 +634,9 @@ class _ClaimAll(dict):
         self.arg_keys = set()
 
     def __contains__(self, key):
+        return True
+
+    def __bool__(self):                  # claims every key: not empty (HiDream-O1 reads an empty dict as no patches)
         return True
 
     def get(self, key, default=None):
