@@ -19,7 +19,8 @@ from .errors import MagCacheInputError
 
 COND = 0     # ComfyUI's cond_or_uncond value for the positive prompt
 UNCOND = 1   # ... and for the negative prompt
-KIND_NAMES = {COND: "cond", UNCOND: "uncond"}
+# Guiders with more conds per step (PerpNegGuider, DualCFGGuider) send kinds 2, 3...: "cond2", "cond3"...
+KIND_NAMES = {COND: "cond", UNCOND: "uncond", **{k: f"cond{k}" for k in range(2, 8)}}
 KIND_BY_NAME = {v: k for k, v in KIND_NAMES.items()}
 
 
@@ -92,7 +93,7 @@ class RatioCurves:
             return list(self.shared)
         out = {KIND_NAMES[k]: list(v) for k, v in sorted(self.per_kind.items())}
         if self.shared is not None:
-            for name in KIND_NAMES.values():
+            for name in (KIND_NAMES[COND], KIND_NAMES[UNCOND]):
                 out.setdefault(name, list(self.shared))
         return out
 

@@ -120,6 +120,7 @@ class RunState:
         self.computed_steps: set[int] = set()
         self.bypassed_calls = 0                           # calls whose blocks never reached enter_blocks
         self._lock = threading.Lock()        # the shared decision and bookkeeping, for calls in threads
+        self._evaluations: dict[tuple, int] = {}         # (sigma, key, kind) -> evaluations so far
 
     @property
     def needs_modulated_input(self) -> bool:
@@ -138,6 +139,12 @@ class RunState:
         return self.end_sigma < sigma <= self.start_sigma
 
     def begin_call(self, sigma: float, keys: Sequence[Hashable], kinds: Sequence[int]) -> CallContext:
+        """A new call's context (the caller keeps it). ``keys``: the host's id of each batch chunk's cond
+        (ComfyUI's uuids; None where it has none), ``kinds`` its role (0 cond, 1 uncond, 2... third conds).
+        A cache entry is ``(key, kind, n)``: the n-th evaluation of that cond in that role at this sigma. So
+        an uncond copy that shares its cond's uuid (ComfyUI's area conds) is an entry of its own, and an
+        extra call of a cond at the same step (Skip Layer Guidance, a wrapper's extra evaluation) gets its own
+        entry rather than overwriting the sampler's own; however the calls are batched or split."""
         """A new call's context (the caller keeps it: there is no "current" call)."""
         step = self.step_index(sigma)
         with self._lock:                      # the first call of a step decides it, for every call of the step
@@ -149,9 +156,15 @@ class RunState:
                     self._solve_target()
                 self.decisions[step] = bool(self.rule and self.rule.decide(step, self.kinds_seen, self.in_window(sigma)))
             skip = self.decisions[step]
+            entries = []
+            for key, kind in zip(keys, kinds):
+                role = (sigma, key, kind)
+                n = self._evaluations.get(role, 0)
+                self._evaluations[role] = n + 1
+                entries.append((key, kind, n))
         if new and self.on_new_step:
             self.on_new_step(step - self.offset, self.run_steps)
-        return CallContext(step, sigma, list(keys), list(kinds), skip)
+        return CallContext(step, sigma, entries, list(kinds), skip)
 
     @property
     def _memo_key(self) -> tuple[int, int, int]:
@@ -190,7 +203,8 @@ class RunState:
             ctx.skip_keys = set(ctx.keys)
         if self.record_indicator and modulated is not None:
             for key, kind, chunk in zip(ctx.keys, ctx.kinds, modulated.chunk(len(ctx.keys))):
-                self.recorder.record_input(key, kind, ctx.step, chunk)
+                if key[2] == 0:                   # the curve is the sampler's own evaluations, no extra calls
+                    self.recorder.record_input(key, kind, ctx.step, chunk)
         # An entry or a shape this run has no residual for yet (new cond, new resolution), or whose
         # residual another device computed, computes.
         chunk_shape = (stream_in.shape[0] // len(ctx.keys),) + tuple(stream_in.shape[1:])
@@ -212,7 +226,8 @@ class RunState:
         self.residuals.put_batch([ctx.keys[i] for i in computed], [res_chunks[i] for i in computed])
         if self.recorder is not None:
             for i in computed:
-                self.recorder.record(ctx.keys[i], ctx.kinds[i], ctx.step, res_chunks[i])
+                if ctx.keys[i][2] == 0:           # the curve is the sampler's own evaluations, no extra calls
+                    self.recorder.record(ctx.keys[i], ctx.kinds[i], ctx.step, res_chunks[i])
         if not ctx.skip_keys:
             return None
         outs, ins = stream_out.chunk(n), ctx.stream_in.chunk(n)
@@ -232,11 +247,15 @@ class RunState:
         self.bypassed_calls += 1
 
     def end_call(self, ctx: CallContext) -> None:
+        # Only the sampler's own evaluations (n == 0) count as the step computing: an extra call of a cond
+        # (Skip Layer Guidance...) that computes on a skipped step leaves the schedule as it was.
         if not ctx.skip:
+            own = any(key[2] == 0 for key in ctx.keys if key not in ctx.skip_keys)
             with self._lock:
-                self.computed_steps.add(ctx.step)
-                if self.rule is not None and self.decisions.get(ctx.step):
-                    self.rule.reset()      # a planned skip had to compute: start accumulating afresh
+                if own:
+                    self.computed_steps.add(ctx.step)
+                    if self.rule is not None and self.decisions.get(ctx.step):
+                        self.rule.reset()  # a planned skip had to compute: start accumulating afresh
                 if self.tea is not None:
                     for key in ctx.keys:
                         if key not in ctx.skip_keys and self.key_decisions.get((ctx.step, key)):
@@ -262,6 +281,7 @@ class RunState:
                 f"{done}, skipped {len(skipped)} ({speed:.2f}x fewer block passes){bypassed}{target}")
 
     def release(self) -> None:
+        self._evaluations.clear()
         self.residuals.clear()
         if self.recorder is not None:
             self.recorder.clear()

@@ -253,7 +253,8 @@ def _validate(doc, path: str, input_name: str = "calibration") -> None:
         bad(f"'steps' must be a whole number >= 1 (the calibration run's step count), {got('steps')}")
     ratios = doc.get("mag_ratios")
     if not isinstance(ratios, dict) or not ratios or set(ratios) - set(KIND_BY_NAME):
-        bad(f"'mag_ratios' must map 'cond' and/or 'uncond' to lists of ratios, {got('mag_ratios')}")
+        bad(f"'mag_ratios' must map 'cond' and/or 'uncond' (and 'cond2'... for a third cond) to lists of ratios, "
+            f"{got('mag_ratios')}")
     for kind, curve in ratios.items():
         try:
             validate_ratios(curve, f"'mag_ratios.{kind}'")

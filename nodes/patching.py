@@ -154,8 +154,8 @@ def _apply_model(executor, x, t, *args, **kwargs):
         return executor(x, t, *args, **kwargs)
     kinds = list(to.get("cond_or_uncond") or [0])
     keys = list(to.get("uuids") or [])
-    if len(keys) != len(kinds) or None in keys or len(set(keys)) != len(keys):
-        keys = list(range(len(kinds))) if len(set(kinds)) != len(kinds) else kinds
+    if len(keys) != len(kinds):
+        keys = [None] * len(kinds)       # no ids: a cond is then told apart by its role and evaluation only
     state = run.state
     ctx = state.begin_call(float(t.flatten()[0]), keys, kinds)
     call = Call(run, ctx, getattr(executor.class_obj, "diffusion_model", None))
@@ -226,6 +226,10 @@ class BlockPatch:
         if self.first:
             modulated = s.modulated_input(call.diffusion_model, args) if state.needs_modulated_input else None
             state.enter_blocks(ctx, s.stream_in(self.key, args), modulated)
+        elif not state.entered_blocks(ctx):
+            # Our first block's patch did not run in this call: another patch replaced it for this call only
+            # (Skip Layer Guidance on block 0). The blocks compute as they would without the pack.
+            return self._compute(args, extra)
         if ctx.skip:                       # every block passes through; the last returns input + residual
             if self.last:
                 return s.with_stream(self.key, args, ctx.skip_out)
