@@ -34,11 +34,11 @@ def table() -> str:
         mag = ", ".join(f"`{n}`" for n in s.presets) or "—"
         tea = ", ".join(f"`{n}`" for n in s.tea_presets) or "—"
         if s.name == "generic":
-            rest = "fallback: MagCacheCalibrate, then MagCache"
+            rest = "fallback: `auto` calibrates its first run"
         elif not s.presets and not s.tea_presets:
-            rest = "calibrate-only: MagCacheCalibrate, then MagCache"
+            rest = "calibrate-only: `auto` calibrates its first run"
         else:
-            rest = "MagCacheCalibrate, then MagCache"
+            rest = "`auto` calibrates its first run"
         rows.append(f"| {s.title} | {classes} | {level} | {mag} | {tea} | {rest} |")
     return "\n".join(rows)
 

@@ -42,6 +42,9 @@ class RunConfig:
     end_percent: float = 1.0
     offload_device: torch.device | None = None
     label: str = ""                                    # strategy/preset, for the log line
+    whole_run: bool = False                            # the curve was recorded on exactly these sigmas: read it
+                                                       # as a whole run, not located in a longer schedule
+    notice: str = ""                                   # what 'auto' decided, for the log and the node report
 
     def __post_init__(self):
         if self.method not in METHODS:
