@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import folder_paths
-from comfyui_magcache.magcache_core import MagCacheInputError
+from comfyui_magcache.magcache_core import MagCacheInputError, MagCacheParams, computed_steps
 from comfyui_magcache.magcache_core.fingerprint import Fingerprint
+from comfyui_magcache.magcache_core.storage import curves_of
 from comfyui_magcache.nodes.auto import weights_fingerprint
 from comfyui_magcache.nodes.magcache_nodes import MagCacheApply, MagCacheCalibrate, calibration_store
 from comfyui_magcache.nodes.teacache_nodes import TeaCacheApply
@@ -47,6 +48,7 @@ class Computed:
     def _hook(self, module, args, kwargs):
         to = kwargs.get("transformer_options") or {}
         self.sigmas.append(float(to["sigmas"][0]))
+        self.schedule = to["sample_sigmas"].tolist()
 
     def __enter__(self):
         self.handle = self.module.register_forward_pre_hook(self._hook, with_kwargs=True)
@@ -58,6 +60,10 @@ class Computed:
     @property
     def steps(self) -> int:
         return len(set(self.sigmas))
+
+    @property
+    def indices(self) -> list[int]:
+        return sorted({self.schedule.index(s) for s in self.sigmas})
 
 
 def run(model, name=WAN, steps=8, **kw):
@@ -159,6 +165,22 @@ def test_other_steps_scheduler_or_sampler_do_not_reuse(store, change):
     assert computed == steps and torch.equal(out, tiny_zoo.sample(model, WAN, **kw))
     assert len(autos(store)) == 2
     assert run(patched, **kw)[1] < steps                           # and that one is then reused
+
+
+def test_part_of_a_schedule_reads_its_calibration_as_a_whole_run(store):
+    """denoise 0.75: the sampler runs the last 8 steps of a 10-step schedule. The calibration records those 8 steps,
+    so the next run reads the 8 ratios as they are (not resampled to 10 and read from step 2)."""
+    model = tiny_zoo.build(WAN)
+    params = MagCacheParams(0.03, 0.0, 5)     # read from step 2 of the curve resampled to 10, it would differ
+    patched = MagCacheApply().apply(model, "auto", params.threshold, params.retention_ratio, params.max_skips)[0]
+    run(patched, denoise=0.75)
+    [name] = autos(store)
+    curves = curves_of(store.load(name))
+    assert curves.length == 8
+    with Computed(model) as seen:
+        tiny_zoo.sample(patched, WAN, steps=8, denoise=0.75)
+    expected = computed_steps(params, {k: curves.curve(k) for k in (0, 1)}, 8, kinds=(0, 1))
+    assert seen.indices == expected and len(expected) < 8
 
 
 def test_auto_uses_a_calibration_made_by_hand_on_the_same_run(store, caplog):
