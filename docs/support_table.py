@@ -37,11 +37,11 @@ def table() -> str:
         mag = ", ".join(f"`{n}`" for n in s.presets) or "—"
         tea = ", ".join(f"`{n}`" for n in s.tea_presets) or "—"
         if s.name == "generic":
-            rest = "fallback: MagCacheCalibrate, then MagCache"
+            rest = "fallback: `auto` calibrates its first run"
         elif not s.presets and not s.tea_presets:
-            rest = "calibrate-only: MagCacheCalibrate, then MagCache"
+            rest = "calibrate-only: `auto` calibrates its first run"
         else:
-            rest = "MagCacheCalibrate, then MagCache"
+            rest = "`auto` calibrates its first run"
         entries = [n for n, r in TABLE.items() if r[0] == s.name and n in tiny_zoo._ENTRIES]
         versions = sorted({v for n in entries for v in tiny_zoo.tested_on(n)}, key=lambda v: tuple(map(int, v.split("."))))
         tested = ", ".join(versions) + f" ({len(entries)} tiny model{'s' if len(entries) != 1 else ''})" \

@@ -60,6 +60,9 @@ class RunConfig:
     # TeaCache with a target: the rel_l1_thresh solved by the last finished run, per (steps, offset, run steps);
     # the one thing a run leaves for the next (target.py says why).
     memo: dict = field(default_factory=dict, compare=False, repr=False)
+    whole_run: bool = False                            # the curve was recorded on exactly these sigmas: read it
+                                                       # as a whole run, not located in a longer schedule
+    notice: str = ""                                   # what 'auto' decided, for the log and the node report
 
     def __post_init__(self):
         if self.method not in METHODS:

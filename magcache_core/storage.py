@@ -269,3 +269,7 @@ def _validate(doc, path: str, input_name: str = "calibration") -> None:
                 or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
                            for c in coefficients)):
             bad("'teacache.coefficients' must be a list of 2-12 finite numbers")
+    fingerprint = doc.get("fingerprint")         # optional (files from before 'auto' have none)
+    if fingerprint is not None and not (isinstance(fingerprint, dict)
+                                        and all(isinstance(fingerprint.get(k), str) for k in ("weights", "schedule"))):
+        bad("'fingerprint' must hold 'weights' and 'schedule' digests")

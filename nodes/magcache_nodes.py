@@ -12,6 +12,7 @@ from ..magcache_core.storage import CalibrationStore, check_name, curves_of, par
 from ..magcache_core.target import SPEED_CHOICES, parse_speed, preview
 from ..strategies import all_presets, detect
 from .inputs import number, offload_device, window, window_and_cache_inputs
+from .auto import AutoRun, CalibrateRun
 from .patching import patch_model
 
 log = logging.getLogger("comfyui-magcache")
@@ -45,11 +46,8 @@ def resolve_curves(strategy, model, preset: str, ratios: RatioCurves | None):
         raise MagCacheInputError("preset", f"expected a preset name, got {type(preset).__name__}")
     if preset == "auto":
         name, detected = strategy.auto_preset(model)
-        if name is None:
-            by_hand = f", or choose one of {sorted(strategy.presets)} by hand" if strategy.presets else ""
-            raise MagCacheInputError(
-                "preset", f"auto-detect found {detected}. Run MagCacheCalibrate once on this model and "
-                          f"pick 'calibration: <name>'{by_hand}")
+        if name is None:                 # decided when sampling starts (auto.py): a calibration of this model
+            return None, strategy.detect_variant(model)[2], None
         p = strategy.presets[name]
         return p.curves, f"{name} (auto: {detected})", p.params
     if preset.startswith(CALIBRATION_PREFIX):
@@ -90,7 +88,9 @@ class MagCacheApply:
                 "model": ("MODEL", {"tooltip": "The diffusion model to speed up: any model ComfyUI loads (its "
                           "architecture is detected; unknown ones are cached as a whole model)."}),
                 "preset": (presets, {"default": "auto", "tooltip": "Magnitude-ratio curve. 'auto' picks the published "
-                           "curve for the detected model; 'calibration: …' uses one you made with MagCacheCalibrate."}),
+                           "curve for the detected model; for a model without one, a calibration of this model, "
+                           "sampler and step count, which its first run makes (every step computed) if none is saved. "
+                           "'calibration: …' uses one you made with MagCacheCalibrate."}),
                 "threshold": ("FLOAT", {"default": 0.24, "min": 0.0, "max": 5.0, "step": 0.01, "tooltip":
                               "Accumulated error allowed before the blocks must run again. Higher = faster, "
                               "less faithful; 0 = never skip. FLUX: 0.24; Wan: 0.12-0.24."}),
@@ -116,8 +116,13 @@ class MagCacheApply:
         target = parse_speed(speed, "speed")
         strategy = detect(model)
         curves, label, recommended = resolve_curves(strategy, model, preset, ratios)
-        config = RunConfig("magcache", params, curves, start, end, offload, label=f"{strategy.title}, {label}",
-                           target=target)
+        if curves is None:
+            config = AutoRun("magcache", strategy, label, params, start, end, offload, target=target)
+            label = "auto: a calibration of this model, made by its first run if none is saved"
+        else:
+            config = RunConfig("magcache", params, curves, start, end, offload, label=f"{strategy.title}, {label}",
+                               target=target,
+                               notice=f"auto: published curve {label}" if preset == "auto" and ratios is None else "")
         hint, threshold = "", f"threshold {params.threshold}"
         if recommended is not None and (recommended != params if target is None else
                                         recommended.max_skips != params.max_skips
@@ -155,13 +160,12 @@ class MagCacheCalibrate:
     def calibrate(self, model, calibration_name):
         name = check_name(calibration_name)
         strategy = detect(model)
-        store = calibration_store()
-        store.path(name)                              # fail now, not after sampling, on a bad name
-        config = RunConfig("calibrate", label=f"{strategy.title}, calibrating {name!r}")
-        return (patch_model(model, strategy, config, on_success=_saver(store, name)),)
+        calibration_store().path(name)               # fail now, not after sampling, on a bad name
+        return (patch_model(model, strategy, CalibrateRun(strategy, name)),)
 
 
-def _saver(store: CalibrationStore, name: str):
+def _saver(store: CalibrationStore, name: str, fingerprint: dict | None = None):
+    """Saves a calibration run's result; ``fingerprint`` (auto.py) lets 'auto' find it for the same run."""
     def save(run, strategy):
         stats = run.recorder.result()
         if not stats:
@@ -180,6 +184,9 @@ def _saver(store: CalibrationStore, name: str):
                 tea = f"; TeaCache polynomial fitted, rmse {extra['teacache']['rmse']:.4g}"
             except ValueError as e:
                 tea = f"; no TeaCache fit ({e})"
+                extra["teacache_error"] = str(e)
+        if fingerprint is not None:
+            extra["fingerprint"] = fingerprint
         path = store.save(name, strategy.name, run.num_steps, stats, extra)
         spans = ", ".join(f"{k}: {min(s['ratio'][1:] or [1]):.3f}-{max(s['ratio'][1:] or [1]):.3f}" for k, s in stats.items())
         log.info("MagCacheCalibrate: saved %r (%d steps; ratio range %s%s) to %s", name, run.num_steps, spans, tea, path)

@@ -72,8 +72,10 @@ class Call:
 _CALL: contextvars.ContextVar["Call | None"] = contextvars.ContextVar("comfyui_magcache_call", default=None)
 
 
-def patch_model(model, strategy: Strategy, config: RunConfig, on_success=None):
-    """A clone of ``model`` that runs ``config``; ``model`` itself is left as it was."""
+def patch_model(model, strategy: Strategy, config, on_success=None):
+    """A clone of ``model`` that runs ``config``; ``model`` itself is left as it was. ``config`` is a RunConfig,
+    or an object whose ``resolve(model_patcher, sigmas, sampler)`` gives (RunConfig or None, on_success) when
+    sampling starts (``auto.py``: 'auto' without published numbers); None samples as if the node were not there."""
     m = model.clone()
     for wrapper_type in (WMP.OUTER_SAMPLE, WMP.APPLY_MODEL, WMP.DIFFUSION_MODEL):
         m.remove_wrappers_with_key(wrapper_type, KEY)      # re-applying replaces, never stacks
@@ -101,6 +103,10 @@ def _outer_sample(config: RunConfig, strategy: Strategy, on_success, executor, *
     guider = executor.class_obj
     sigmas = args[3] if len(args) > 3 else kwargs["sigmas"]
     sampler = args[2] if len(args) > 2 else kwargs.get("sampler")
+    if not isinstance(config, RunConfig):        # decided now that the sampler and sigmas are known
+        config, on_success = config.resolve(guider.model_patcher, sigmas, sampler)
+        if config is None:
+            return executor(*args, **kwargs)
     calibrating = config.method == "calibrate"
     reason = unusable(sigmas, sampler, calibrating)
     if reason is not None:          # known before sampling: say so, and sample as if the node were not there
@@ -112,7 +118,7 @@ def _outer_sample(config: RunConfig, strategy: Strategy, on_success, executor, *
     ms = guider.model_patcher.get_model_object("model_sampling")
     window = (float("inf") if config.start_percent <= 0 else float(ms.percent_to_sigma(config.start_percent)),
               float("-inf") if config.end_percent >= 1 else float(ms.percent_to_sigma(config.end_percent)))
-    offset, total = (0, len(sigmas) - 1) if calibrating else locate(ms, sigmas, drops_penultimate(sampler))
+    offset, total = (0, len(sigmas) - 1) if calibrating or config.whole_run else locate(ms, sigmas, drops_penultimate(sampler))
     progress = None
     if config.method == "calibrate":
         bar = comfy.utils.ProgressBar(max(len(sigmas) - 1, 1))

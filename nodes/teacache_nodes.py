@@ -8,6 +8,7 @@ from ..magcache_core.target import SPEED_CHOICES, parse_speed
 from ..strategies import METHOD_TEACACHE, all_presets, detect
 from .inputs import number, offload_device, window, window_and_cache_inputs
 from .magcache_nodes import CALIBRATION_PREFIX, calibration_store, load_calibration
+from .auto import AutoRun
 from .patching import patch_model
 
 log = logging.getLogger("comfyui-magcache")
@@ -23,11 +24,8 @@ def resolve_coefficients(strategy, model, preset):
                      "reachable through ComfyUI's patches); use MagCacheCalibrate + MagCacheApply for it")
     if preset == "auto":
         name, detected = strategy.auto_preset(model, METHOD_TEACACHE)
-        if name is None:
-            by_hand = f" Or choose one of {sorted(strategy.tea_presets)} by hand." if strategy.tea_presets else ""
-            raise MagCacheInputError(
-                "preset", f"auto-detect found {detected}. Use MagCacheCalibrate + MagCacheApply for this "
-                          f"model (calibrating needs no published numbers).{by_hand}")
+        if name is None:                 # decided when sampling starts (auto.py): a calibration's fitted polynomial
+            return None, strategy.detect_variant(model)[2], None
         chosen = strategy.tea_presets[name]
         return chosen.params.coefficients, f"{name} (auto: {detected})", chosen
     if preset.startswith(CALIBRATION_PREFIX):
@@ -73,7 +71,9 @@ class TeaCacheApply:
                 "preset": (["auto"] + sorted(all_presets(METHOD_TEACACHE))
                            + [CALIBRATION_PREFIX + n for n in calibration_store().teacache_names()],
                            {"default": "auto", "tooltip": "The model's fitted polynomial; 'auto' picks the published "
-                            "one for the detected model; 'calibration: …' uses the one MagCacheCalibrate fitted."}),
+                            "one for the detected model; for a model without one, the one fitted by a calibration "
+                            "of this model, sampler and step count, which its first run makes (every step computed) "
+                            "if none is saved. 'calibration: …' uses the one MagCacheCalibrate fitted."}),
                 "rel_l1_thresh": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip":
                                   "Accumulated rescaled change allowed before the blocks run again. Higher = faster, "
                                   "less faithful; 0 = never skip. FLUX 0.4, Wan 0.15-0.3, HunyuanVideo 0.15, LTXV 0.06."}),
@@ -98,9 +98,15 @@ class TeaCacheApply:
                                                       "from; give a starting value > 0, e.g. the preset's")
         strategy = detect(model)
         coefficients, label, chosen = resolve_coefficients(strategy, model, preset)
-        params = TeaCacheParams(thresh, tuple(coefficients), cap or None)
-        config = RunConfig("teacache", params, None, start, end, offload, label=f"{strategy.title}, {label}",
-                           target=target)
+        if coefficients is None:
+            # The coefficients come from the calibration found when sampling starts.
+            config = AutoRun("teacache", strategy, label, TeaCacheParams(thresh, max_skips=cap or None), start, end, offload,
+                             target=target)
+            label = "auto: the polynomial of a calibration of this model, made by its first run if none is saved"
+        else:
+            params = TeaCacheParams(thresh, tuple(coefficients), cap or None)
+            config = RunConfig("teacache", params, None, start, end, offload, label=f"{strategy.title}, {label}",
+                               target=target, notice=f"auto: published coefficients {label}" if preset == "auto" else "")
         hint = ""
         if chosen is not None and (chosen.params.rel_l1_thresh, chosen.start_percent) != (thresh, start):
             hint = f"; the preset recommends rel_l1_thresh {chosen.params.rel_l1_thresh}, start {chosen.start_percent}"

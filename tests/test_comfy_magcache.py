@@ -255,23 +255,10 @@ def test_bad_ratios_text(text, words):
     assert str(e.value).startswith("ratios") and words in str(e.value)
 
 
-def test_auto_without_preset_points_to_calibration(tmp_path):
-    import comfy.model_patcher
-    import comfy.supported_models
-    cfg = comfy.supported_models.SD15({
-        "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-        "adm_in_channels": None, "in_channels": 4, "model_channels": 32, "num_res_blocks": [1], "transformer_depth": [1],
-        "channel_mult": [1], "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": 32,
-        "num_heads": 2, "transformer_depth_output": [1, 1], "use_temporal_attention": False, "use_temporal_resblock": False})
-    unet = comfy.model_patcher.ModelPatcher(cfg.get_model({}, device=torch.device("cpu")), torch.device("cpu"), torch.device("cpu"))
-    # A UNet goes to the generic whole-model strategy, which has no published curve: calibrate.
-    with pytest.raises(MagCacheInputError, match=r"^preset: auto-detect found BaseModel \(UNetModel\), cached as a "
-                                                 r"whole model: no published ratios\. Run MagCacheCalibrate"):
-        apply(unet)
+def test_calibrate_bad_inputs_name_the_input():
+    # 'auto' on models without a published curve: tests/test_auto.py.
     with pytest.raises(MagCacheInputError, match=r"^model: expected a ComfyUI MODEL, got str"):
         CALIBRATE.calibrate("unet", "x")
-    with pytest.raises(MagCacheInputError, match=r"^preset: auto-detect found Wan T2V WanModel \(width 64.*MagCacheCalibrate"):
-        apply(tiny_wan())
     with pytest.raises(MagCacheInputError, match=r"^calibration_name: "):
         CALIBRATE.calibrate(tiny_wan(), "../escape")
 
