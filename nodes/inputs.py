@@ -26,6 +26,11 @@ def window(start_percent, end_percent) -> tuple[float, float]:
     return start, end
 
 
+def window_text(start: float, end: float) -> str:
+    """The skipping window for a settings line; empty when it is the whole run."""
+    return "" if (start, end) == (0.0, 1.0) else f", window {start:g}-{end:g}"
+
+
 def offload_device(cache_device) -> torch.device | None:
     if cache_device not in CACHE_DEVICES:
         raise MagCacheInputError("cache_device", f"got {cache_device!r}; expected one of {CACHE_DEVICES}")

@@ -10,12 +10,18 @@ import folder_paths
 from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, RunConfig, fit_coefficients
 from ..magcache_core.storage import CalibrationStore, check_name, curves_of
 from ..strategies import all_presets, detect
-from .inputs import number, offload_device, window, window_and_cache_inputs
+from .inputs import number, offload_device, window, window_and_cache_inputs, window_text
 from .patching import patch_model
+from .report import NodeOutput, Reporter, calibration_details, node_ui
 
 log = logging.getLogger("comfyui-magcache")
 CALIBRATION_PREFIX = "calibration: "
 CALIBRATION_ALIASES = {"wan2.1": "wan"}          # strategy names of calibrations saved by earlier versions
+# Input ranges. The front end clamps a typed value to these, so each maximum is a setting that still makes sense:
+# the authors publish thresholds 0.02-0.24 and K 2-6 (strategies/); 0.5 and 10 leave room to explore, no more.
+THRESHOLD_MAX = 0.5
+MAX_SKIPS_MAX = 10
+HIDDEN = {"unique_id": "UNIQUE_ID"}              # the node's id: run reports are drawn on it (report.py)
 
 
 def calibration_store() -> CalibrationStore:
@@ -80,37 +86,41 @@ class MagCacheApply:
                           "architecture is detected; unknown ones are cached as a whole model)."}),
                 "preset": (presets, {"default": "auto", "tooltip": "Magnitude-ratio curve. 'auto' picks the published "
                            "curve for the detected model; 'calibration: …' uses one you made with MagCacheCalibrate."}),
-                "threshold": ("FLOAT", {"default": 0.24, "min": 0.0, "max": 5.0, "step": 0.01, "tooltip":
+                "threshold": ("FLOAT", {"default": 0.24, "min": 0.0, "max": THRESHOLD_MAX, "step": 0.01, "tooltip":
                               "Accumulated error allowed before the blocks must run again. Higher = faster, "
-                              "less faithful; 0 = never skip. FLUX: 0.24; Wan: 0.12-0.24."}),
+                              f"less faithful; 0 = never skip. FLUX: 0.24; Wan: 0.12-0.24 (at most {THRESHOLD_MAX})."}),
                 "retention_ratio": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
                                     "Fraction of the first steps that always compute (they set the layout). FLUX: 0.1, Wan: 0.2."}),
-                "max_skip_steps": ("INT", {"default": 4, "min": 0, "max": 100, "tooltip":
-                                   "K: at most this many steps in a row are skipped. FLUX: 5, Wan: 4."}),
+                "max_skip_steps": ("INT", {"default": 4, "min": 0, "max": MAX_SKIPS_MAX, "tooltip":
+                                   f"K: at most this many steps in a row are skipped. FLUX: 5, Wan: 4 (at most {MAX_SKIPS_MAX})."}),
                 **window_and_cache_inputs(),
             },
             "optional": {
                 "ratios": ("MAGCACHE_RATIOS", {"tooltip": "Your own ratio curve (from a 'MagCache Ratios' node); overrides the preset."}),
             },
+            "hidden": HIDDEN,
         }
 
     def apply(self, model, preset, threshold, retention_ratio, max_skip_steps, start_percent=0.0,
-              end_percent=1.0, cache_device="main_device", ratios=None):
-        params = MagCacheParams(number("threshold", threshold, 0.0, 1e6),
+              end_percent=1.0, cache_device="main_device", ratios=None, unique_id=None):
+        params = MagCacheParams(number("threshold", threshold, 0.0, THRESHOLD_MAX),
                                 number("retention_ratio", retention_ratio, 0.0, 1.0),
-                                number("max_skip_steps", max_skip_steps, 0, 10_000, integer=True))
+                                number("max_skip_steps", max_skip_steps, 0, MAX_SKIPS_MAX, integer=True))
         start, end = window(start_percent, end_percent)
         offload = offload_device(cache_device)
         strategy = detect(model)
         curves, label, recommended = resolve_curves(strategy, model, preset, ratios)
         config = RunConfig("magcache", params, curves, start, end, offload, label=f"{strategy.title}, {label}")
-        hint = ""
+        notices = []
         if recommended is not None and recommended != params:
-            hint = (f"; the preset recommends threshold {recommended.threshold}, retention "
-                    f"{recommended.retention_ratio}, K {recommended.max_skips}")
-        log.info("MagCacheApply: %s (%s-level cache), %s, threshold %s, retention %s, K %s%s", strategy.title, strategy.level, label,
-                 params.threshold, params.retention_ratio, params.max_skips, hint)
-        return (patch_model(model, strategy, config),)
+            notices.append(f"the preset recommends threshold {recommended.threshold}, retention "
+                           f"{recommended.retention_ratio}, K {recommended.max_skips}")
+        settings = f"threshold {params.threshold}, retention {params.retention_ratio}, K {params.max_skips}" + \
+            window_text(start, end)
+        log.info("MagCacheApply: %s (%s-level cache), %s, %s%s", strategy.title, strategy.level, label, settings,
+                 "".join("; " + n for n in notices))
+        patched = patch_model(model, strategy, config, reporter=Reporter(unique_id, "MagCacheApply", settings))
+        return NodeOutput((patched,), node_ui("magcache", config.label, settings, notices))
 
 
 class MagCacheCalibrate:
@@ -129,15 +139,18 @@ class MagCacheCalibrate:
             "calibration_name": ("STRING", {"default": "my_model", "tooltip":
                                  "Saved as <ComfyUI user dir>/magcache/calibrations/<name>.json (overwritten if it exists). "
                                  "Letters, digits, '_', '-', '.', spaces."}),
-        }}
+        }, "hidden": HIDDEN}
 
-    def calibrate(self, model, calibration_name):
+    def calibrate(self, model, calibration_name, unique_id=None):
         name = check_name(calibration_name)
         strategy = detect(model)
         store = calibration_store()
         store.path(name)                              # fail now, not after sampling, on a bad name
         config = RunConfig("calibrate", label=f"{strategy.title}, calibrating {name!r}")
-        return (patch_model(model, strategy, config, on_success=_saver(store, name)),)
+        settings = f"saves {name!r} when sampling ends"
+        patched = patch_model(model, strategy, config, on_success=_saver(store, name),
+                              reporter=Reporter(unique_id, "MagCacheCalibrate", settings))
+        return NodeOutput((patched,), node_ui("calibrate", config.label, settings))
 
 
 def _saver(store: CalibrationStore, name: str):
@@ -158,6 +171,7 @@ def _saver(store: CalibrationStore, name: str):
         path = store.save(name, strategy.name, run.num_steps, stats, extra)
         spans = ", ".join(f"{k}: {min(s['ratio'][1:] or [1]):.3f}-{max(s['ratio'][1:] or [1]):.3f}" for k, s in stats.items())
         log.info("MagCacheCalibrate: saved %r (%d steps; ratio range %s%s) to %s", name, run.num_steps, spans, tea, path)
+        return calibration_details(name, path, strategy.name, run.num_steps, stats, extra.get("teacache"))
     return save
 
 
