@@ -127,7 +127,7 @@ function runBlock(run) {
     return box;
 }
 
-function chart(series, { band = true, refLine = null, dots = false } = {}) {
+function chart(series, { band = true, refLine = null, kind = "" } = {}) {
     // series: [{name, color, y: [...], lo: [...], hi: [...], dots: [...]}], x = index (step)
     const values = [];
     for (const s of series) {
@@ -165,7 +165,7 @@ function chart(series, { band = true, refLine = null, dots = false } = {}) {
             }
         }
     }
-    const frame = el("div", { class: "magcache-chart-frame" });
+    const frame = el("div", { class: `magcache-chart-frame ${kind}` });
     frame.append(el("span", { class: "magcache-axis magcache-top", text: fmt(hi) }),
                  el("span", { class: "magcache-axis magcache-bottom", text: fmt(lo) }), svg);
     return frame;
@@ -194,7 +194,7 @@ function calibrationBlock(cal, tea) {
                  lo: sd.length ? r.map((v, i) => v - sd[i]) : null, hi: sd.length ? r.map((v, i) => v + sd[i]) : null };
     });
     box.append(el("div", { class: "magcache-caption", text: "magnitude ratio per step (1 to last), band ±std" }),
-               chart(series, { refLine: 1 }), legend(kinds));
+               chart(series, { refLine: 1, kind: "magcache-ratio" }), legend(kinds));
     if (tea?.coefficients) {
         const tk = Object.keys(tea.points ?? {});
         const teaSeries = tk.map((k) => {
@@ -204,7 +204,7 @@ function calibrationBlock(cal, tea) {
         if (teaSeries.length) {
             box.append(el("div", { class: "magcache-caption",
                                text: `TeaCache fit (rmse ${fmt(tea.rmse)}): residual change per step, dots measured, line from the input` }),
-                       chart(teaSeries, { band: false }));
+                       chart(teaSeries, { band: false, kind: "magcache-teacache" }));
         }
     }
     return box;
@@ -319,7 +319,7 @@ const STYLE = `
 .magcache-line { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .magcache-title { font-weight: 600; overflow-wrap: anywhere; }
 .magcache-settings, .magcache-dim, .magcache-caption { opacity: 0.75; overflow-wrap: anywhere; }
-.magcache-path { opacity: 0.75; font-size: 10px; line-height: 13px; word-break: break-all; }
+.magcache-path { opacity: 0.75; font-size: 10px; line-height: 14px; word-break: break-all; }
 .magcache-notice { color: #f0c36d; overflow-wrap: anywhere; }
 .magcache-count { white-space: normal; }
 .magcache-run { margin-top: 3px; }
