@@ -259,10 +259,15 @@ def test_two_samplers_each_get_their_line(page, shots):
     ids = _ids(page)
     second = page.js("""ids => {
         const g = app.graph, ks = g.getNodeById(ids.KSampler), dec = g.getNodeById(ids.MagCacheShapesDecode);
-        const ks2 = ks.clone(), dec2 = dec.clone(), save2 = g.getNodeById(ids.SaveImage).clone();
+        const copy = (node) => {                                // a new node with the same widget values
+            const n = LiteGraph.createNode(node.type);
+            g.add(n);
+            for (const w of n.widgets ?? []) w.value = node.widgets.find(v => v.name === w.name).value;
+            return n;
+        };
+        const ks2 = copy(ks), dec2 = copy(dec), save2 = copy(g.getNodeById(ids.SaveImage));
         ks2.pos = [ks.pos[0], ks.pos[1] + ks.size[1] + 60]; dec2.pos = [dec.pos[0], ks2.pos[1]];
         save2.pos = [dec.pos[0] + dec.size[0] + 40, ks2.pos[1]];
-        for (const n of [ks2, dec2, save2]) g.add(n);
         ks2.widgets.find(w => w.name === "seed").value = 7;
         ks.widgets.find(w => w.name === "seed").value += 1;   // else ComfyUI reuses its cached output: no run
         for (const [i, input] of ks.inputs.entries()) {
@@ -284,6 +289,7 @@ def test_two_samplers_each_get_their_line(page, shots):
     }""", ids["MagCacheApply"])
     assert len(runs) == 2 and len(shown["strips"]) == 2, (runs, shown)
     assert sorted(shown["strips"]) == sorted("".join("C" if i in r["steps"] else "S" for i in range(r["total"])) for r in runs)
+    assert str(second).isdigit() and str(second) != str(ids["KSampler"])
     assert sorted(h.split(" · ")[0] for h in shown["heads"]) == sorted([f"KSampler #{ids['KSampler']}", f"KSampler #{second}"])
     page.frame([ids["MagCacheApply"], ids["KSampler"], second])
     page.page.screenshot(path=str(shots / "magcache_two_samplers.png"),
