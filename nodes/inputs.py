@@ -26,6 +26,11 @@ def window(start_percent, end_percent) -> tuple[float, float]:
     return start, end
 
 
+def listed(names) -> str:
+    """Names for a message a person reads (ComfyUI's error dialog): a, b, c - not a Python list."""
+    return ", ".join(str(n) for n in names) or "none"
+
+
 def window_text(start: float, end: float) -> str:
     """The skipping window for a settings line; empty when it is the whole run."""
     return "" if (start, end) == (0.0, 1.0) else f", window {start:g}-{end:g}"

@@ -10,7 +10,7 @@ import folder_paths
 from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, RunConfig, fit_coefficients
 from ..magcache_core.storage import CalibrationStore, check_name, curves_of
 from ..strategies import all_presets, detect
-from .inputs import number, offload_device, window, window_and_cache_inputs, window_text
+from .inputs import listed, number, offload_device, window, window_and_cache_inputs, window_text
 from .patching import patch_model
 from .report import NodeOutput, Reporter, calibration_details, node_ui
 
@@ -64,9 +64,9 @@ def resolve_curves(strategy, model, preset: str, ratios: RatioCurves | None):
     known = all_presets()
     if preset in known:
         raise MagCacheInputError("preset", f"{preset!r} is a {known[preset][0].title} preset; this model is "
-                                           f"{strategy.title} (its presets: {sorted(strategy.presets)})")
-    raise MagCacheInputError("preset", f"unknown preset {preset!r}; choose 'auto', one of {sorted(known)} "
-                                       f"or a saved 'calibration: <name>'")
+                                           f"{strategy.title} (its presets: {listed(sorted(strategy.presets))})")
+    own = f", a {strategy.title} preset ({listed(sorted(strategy.presets))})" if strategy.presets else ""
+    raise MagCacheInputError("preset", f"unknown preset {preset!r}; choose 'auto'{own} or a saved 'calibration: <name>'")
 
 
 class MagCacheApply:

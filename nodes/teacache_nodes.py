@@ -5,7 +5,7 @@ import logging
 
 from ..magcache_core import MagCacheInputError, RunConfig, TeaCacheParams
 from ..strategies import METHOD_TEACACHE, all_presets, detect
-from .inputs import number, offload_device, window, window_and_cache_inputs, window_text
+from .inputs import listed, number, offload_device, window, window_and_cache_inputs, window_text
 from .magcache_nodes import CALIBRATION_PREFIX, HIDDEN, MAX_SKIPS_MAX, calibration_store, load_calibration
 from .patching import patch_model
 from .report import NodeOutput, Reporter, node_ui
@@ -26,7 +26,7 @@ def resolve_coefficients(strategy, model, preset):
     if preset == "auto":
         name, detected = strategy.auto_preset(model, METHOD_TEACACHE)
         if name is None:
-            by_hand = f" Or choose one of {sorted(strategy.tea_presets)} by hand." if strategy.tea_presets else ""
+            by_hand = f" Or choose one of {listed(sorted(strategy.tea_presets))} by hand." if strategy.tea_presets else ""
             raise MagCacheInputError(
                 "preset", f"auto-detect found {detected}. Use MagCacheCalibrate + MagCacheApply for this "
                           f"model (calibrating needs no published numbers).{by_hand}")
@@ -45,9 +45,9 @@ def resolve_coefficients(strategy, model, preset):
     known = all_presets(METHOD_TEACACHE)
     if preset in known:
         raise MagCacheInputError("preset", f"{preset!r} is a {known[preset][0].title} preset; this model is "
-                                           f"{strategy.title} (its presets: {sorted(strategy.tea_presets)})")
-    raise MagCacheInputError("preset", f"unknown preset {preset!r}; choose 'auto', one of {sorted(known)} "
-                                       "or a saved 'calibration: <name>'")
+                                           f"{strategy.title} (its presets: {listed(sorted(strategy.tea_presets))})")
+    own = f", a {strategy.title} preset ({listed(sorted(strategy.tea_presets))})" if strategy.tea_presets else ""
+    raise MagCacheInputError("preset", f"unknown preset {preset!r}; choose 'auto'{own} or a saved 'calibration: <name>'")
 
 
 class TeaCacheApply:

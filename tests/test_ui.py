@@ -241,3 +241,19 @@ def test_routes_list_and_return_calibrations_and_nothing_else(folder):
     assert doc["name"] == "route ok" and doc["mag_ratios"]["cond"] == STATS["cond"]["ratio"]
     assert store.folder not in answers[9][1]                # errors name the file, not the server's folders
     assert _tree(store.folder, str(outside.parent)) == before   # nothing written, in the folder or beside it
+
+
+# -- errors as ComfyUI's error dialog shows them (the node's name, then the message) -------------------
+@pytest.mark.parametrize("call", [
+    lambda m: MagCacheApply().apply(m, "flux", 0.2, 0.2, 4),                 # another model's preset
+    lambda m: MagCacheApply().apply(m, "no such preset", 0.2, 0.2, 4),
+    lambda m: TeaCacheApply().apply(m, "flux", 0.2),
+    lambda m: TeaCacheApply().apply(m, "no such preset", 0.2),
+])
+def test_preset_errors_read_as_sentences(call):
+    """Names are listed as text, not Python lists, and an unknown preset lists this model's presets only."""
+    with pytest.raises(MagCacheInputError) as e:
+        call(tiny_wan())
+    message = str(e.value)
+    assert message.startswith("preset: ") and "['" not in message and "wan2.1_t2v_1.3B, wan2.1_t2v_14B" in message
+    assert "hunyuan" not in message and "ltxv" not in message, message
