@@ -255,3 +255,18 @@ def test_example_workflow_matches_object_info(name, object_info, server, request
     errors = [e for ne in answer["node_errors"].values() for e in ne["errors"]]
     assert errors and all(e["type"] == "value_not_in_list" and e["extra_info"]["input_name"] in MODEL_FILE_INPUTS
                           for e in errors), errors
+
+
+def test_calibration_routes_on_the_server(server, shapes_calibrated):
+    """The pack's read-only routes are registered in the real server (also under /api)."""
+    listing = server.get("/api/magcache/calibrations")
+    entry = next(c for c in listing["calibrations"] if c["name"] == "shapes_demo")
+    assert entry["model"] == "wan" and entry["steps"] == 20 and entry["teacache"] is True
+    assert "calibration: shapes_demo" in listing["presets"]["MagCacheApply"]
+    assert listing["presets"] == {t: shapes_calibrated[1][t]["input"]["required"]["preset"][0]
+                                  for t in ("MagCacheApply", "TeaCacheApply")}
+    doc = server.get("/magcache/calibrations/shapes_demo")
+    assert doc["name"] == "shapes_demo" and len(doc["mag_ratios"]["cond"]) == 20
+    for bad in ("..%2F..%2Fcomfy.settings", "%2Fetc%2Fpasswd", "never_saved"):
+        status, body = server.request(f"/api/magcache/calibrations/{bad}")
+        assert status in (400, 404) and b"error" in body, (bad, status, body)
