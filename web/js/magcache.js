@@ -40,7 +40,7 @@ function fmt(x, digits = 3) {
 
 function nodeByExecutionId(id) {
     // "12" in the root graph, "12:5" for node 5 inside the subgraph of node 12.
-    let graph = app.graph;
+    let graph = app.rootGraph ?? app.graph;
     let node = null;
     for (const part of String(id).split(":")) {
         node = graph?.getNodeById?.(Number(part)) ?? graph?.getNodeById?.(part);
@@ -50,7 +50,7 @@ function nodeByExecutionId(id) {
     return node;
 }
 
-function allNodes(graph = app.graph, out = []) {
+function allNodes(graph = app.rootGraph ?? app.graph, out = []) {
     for (const node of graph?._nodes ?? graph?.nodes ?? []) {
         out.push(node);
         if (node.subgraph) allNodes(node.subgraph, out);
@@ -113,7 +113,7 @@ function runBlock(run) {
     if (run.seconds != null) head.append(el("span", { text: ` · ${run.seconds.toFixed(2)} s` }));
     box.append(head);
     if (run.computed == null) {                               // sampled uncached (its notice says why)
-        box.append(el("div", { class: "magcache-line", text: "not cached" }));
+        box.append(el("div", { class: "magcache-line", text: run.method === "calibrate" ? "nothing recorded" : "not cached" }));
     } else if (run.method === "calibrate") {
         box.append(el("div", { class: "magcache-line", text: `recorded ${run.computed}/${run.run_steps} steps` }));
     } else {
@@ -276,8 +276,7 @@ function guardRange(node, widget) {
         const moving = /move/.test(options?.e?.type ?? "");              // a drag clamps at the end, as usual
         if (!moving && typeof value === "number" && Number.isFinite(value) &&
             ((max != null && value > max + slack) || (min != null && value < min - slack))) {
-            toast("warn", `${node.title}: ${this.name}`,
-                  `${value} is outside ${min} to ${max}; kept ${this.value}. (${this.options?.tooltip ?? ""})`.replace(" ()", ""));
+            toast("warn", `${node.title}: ${this.name}`, `${value} is outside ${min} to ${max}; kept ${this.value}.`);
             return;
         }
         return setValue.call(this, value, options);
@@ -296,8 +295,12 @@ function onReport({ detail }) {
     }
     s.runs.push(detail.run);
     if (detail.run.calibration) {
-        s.calibration = detail.run.calibration;
+        const cal = detail.run.calibration;
+        s.calibration = cal;
         s.teacache = detail.run.teacache ?? null;
+        toast("success", "MagCache calibration saved",
+              `'${cal.name}' (${cal.steps} steps): choose 'calibration: ${cal.name}' in MagCache Apply` +
+              (s.teacache ? " or TeaCache Apply" : "") + ".");
     }
     render(node);
 }
