@@ -26,6 +26,16 @@ def window(start_percent, end_percent) -> tuple[float, float]:
     return start, end
 
 
+def listed(names) -> str:
+    """Names for a message a person reads (ComfyUI's error dialog): a, b, c - not a Python list."""
+    return ", ".join(str(n) for n in names) or "none"
+
+
+def window_text(start: float, end: float) -> str:
+    """The skipping window for a settings line; empty when it is the whole run."""
+    return "" if (start, end) == (0.0, 1.0) else f", window {start:g}-{end:g}"
+
+
 def offload_device(cache_device) -> torch.device | None:
     if cache_device not in CACHE_DEVICES:
         raise MagCacheInputError("cache_device", f"got {cache_device!r}; expected one of {CACHE_DEVICES}")

@@ -11,13 +11,19 @@ from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, Run
 from ..magcache_core.storage import CalibrationStore, check_name, curves_of, parse_json
 from ..magcache_core.target import SPEED_CHOICES, parse_speed, preview
 from ..strategies import all_presets, detect
-from .inputs import number, offload_device, window, window_and_cache_inputs
 from .auto import AutoRun, CalibrateRun
+from .inputs import listed, number, offload_device, window, window_and_cache_inputs, window_text
 from .patching import patch_model
+from .report import NodeOutput, Reporter, calibration_details, node_ui
 
 log = logging.getLogger("comfyui-magcache")
 CALIBRATION_PREFIX = "calibration: "
 CALIBRATION_ALIASES = {"wan2.1": "wan"}          # strategy names of calibrations saved by earlier versions
+# Input ranges. The front end clamps a typed value to these, so each maximum is a setting that still makes sense:
+# the authors publish thresholds 0.02-0.24 and K 2-6 (strategies/); 0.5 and 10 leave room to explore, no more.
+THRESHOLD_MAX = 0.5
+MAX_SKIPS_MAX = 10
+HIDDEN = {"unique_id": "UNIQUE_ID"}              # the node's id: run reports are drawn on it (report.py)
 
 
 def calibration_store() -> CalibrationStore:
@@ -59,9 +65,9 @@ def resolve_curves(strategy, model, preset: str, ratios: RatioCurves | None):
     known = all_presets()
     if preset in known:
         raise MagCacheInputError("preset", f"{preset!r} is a {known[preset][0].title} preset; this model is "
-                                           f"{strategy.title} (its presets: {sorted(strategy.presets)})")
-    raise MagCacheInputError("preset", f"unknown preset {preset!r}; choose 'auto', one of {sorted(known)} "
-                                       f"or a saved 'calibration: <name>'")
+                                           f"{strategy.title} (its presets: {listed(sorted(strategy.presets))})")
+    own = f", a {strategy.title} preset ({listed(sorted(strategy.presets))})" if strategy.presets else ""
+    raise MagCacheInputError("preset", f"unknown preset {preset!r}; choose 'auto'{own} or a saved 'calibration: <name>'")
 
 
 SPEED_TOOLTIP = (
@@ -91,26 +97,27 @@ class MagCacheApply:
                            "curve for the detected model; for a model without one, a calibration of this model, "
                            "sampler and step count, which its first run makes (every step computed) if none is saved. "
                            "'calibration: …' uses one you made with MagCacheCalibrate."}),
-                "threshold": ("FLOAT", {"default": 0.24, "min": 0.0, "max": 5.0, "step": 0.01, "tooltip":
+                "threshold": ("FLOAT", {"default": 0.24, "min": 0.0, "max": THRESHOLD_MAX, "step": 0.01, "tooltip":
                               "Accumulated error allowed before the blocks must run again. Higher = faster, "
-                              "less faithful; 0 = never skip. FLUX: 0.24; Wan: 0.12-0.24."}),
+                              f"less faithful; 0 = never skip. FLUX: 0.24; Wan: 0.12-0.24 (at most {THRESHOLD_MAX})."}),
                 "retention_ratio": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
                                     "Fraction of the first steps that always compute (they set the layout). FLUX: 0.1, Wan: 0.2."}),
-                "max_skip_steps": ("INT", {"default": 4, "min": 0, "max": 100, "tooltip":
-                                   "K: at most this many steps in a row are skipped. FLUX: 5, Wan: 4."}),
+                "max_skip_steps": ("INT", {"default": 4, "min": 0, "max": MAX_SKIPS_MAX, "tooltip":
+                                   f"K: at most this many steps in a row are skipped. FLUX: 5, Wan: 4 (at most {MAX_SKIPS_MAX})."}),
                 **window_and_cache_inputs(),
             },
             "optional": {
                 "ratios": ("MAGCACHE_RATIOS", {"tooltip": "Your own ratio curve (from a 'MagCache Ratios' node); overrides the preset."}),
                 "speed": (list(SPEED_CHOICES), {"default": "off", "tooltip": SPEED_TOOLTIP}),
             },
+            "hidden": HIDDEN,
         }
 
     def apply(self, model, preset, threshold, retention_ratio, max_skip_steps, start_percent=0.0,
-              end_percent=1.0, cache_device="main_device", ratios=None, speed="off"):
-        params = MagCacheParams(number("threshold", threshold, 0.0, 1e6),
+              end_percent=1.0, cache_device="main_device", ratios=None, speed="off", unique_id=None):
+        params = MagCacheParams(number("threshold", threshold, 0.0, THRESHOLD_MAX),
                                 number("retention_ratio", retention_ratio, 0.0, 1.0),
-                                number("max_skip_steps", max_skip_steps, 0, 10_000, integer=True))
+                                number("max_skip_steps", max_skip_steps, 0, MAX_SKIPS_MAX, integer=True))
         start, end = window(start_percent, end_percent)
         offload = offload_device(cache_device)
         target = parse_speed(speed, "speed")
@@ -123,20 +130,23 @@ class MagCacheApply:
             config = RunConfig("magcache", params, curves, start, end, offload, label=f"{strategy.title}, {label}",
                                target=target,
                                notice=f"auto: published curve {label}" if preset == "auto" and ratios is None else "")
-        hint, threshold = "", f"threshold {params.threshold}"
+        notices = []
         if recommended is not None and (recommended != params if target is None else
                                         recommended.max_skips != params.max_skips
                                         or recommended.retention_ratio != params.retention_ratio):
-            hint = (f"; the preset recommends threshold {recommended.threshold}, retention "
-                    f"{recommended.retention_ratio}, K {recommended.max_skips}")
+            notices.append(f"the preset recommends threshold {recommended.threshold}, retention "
+                           f"{recommended.retention_ratio}, K {recommended.max_skips}")
+        threshold = f"threshold {params.threshold}"
         if target is not None:
             plan, kinds = preview(target, params, curves)
             threshold = f"speed {speed} (threshold input ignored)"
-            hint += (f"; planned at the curve's {plan.total_steps} steps ({kinds}): {plan.outcome()}; solved again "
-                     "when sampling starts, for the run's steps, conds and window")
-        log.info("MagCacheApply: %s (%s-level cache), %s, %s, retention %s, K %s%s", strategy.title, strategy.level, label,
-                 threshold, params.retention_ratio, params.max_skips, hint)
-        return (patch_model(model, strategy, config),)
+            notices.append(f"planned at the curve's {plan.total_steps} steps ({kinds}): {plan.outcome()}; solved "
+                           "again when sampling starts, for the run's steps, conds and window")
+        settings = f"{threshold}, retention {params.retention_ratio}, K {params.max_skips}" + window_text(start, end)
+        log.info("MagCacheApply: %s (%s-level cache), %s, %s%s", strategy.title, strategy.level, label, settings,
+                 "".join("; " + n for n in notices))
+        patched = patch_model(model, strategy, config, reporter=Reporter(unique_id, "MagCacheApply", settings))
+        return NodeOutput((patched,), node_ui("magcache", config.label, settings, notices))
 
 
 class MagCacheCalibrate:
@@ -155,13 +165,16 @@ class MagCacheCalibrate:
             "calibration_name": ("STRING", {"default": "my_model", "tooltip":
                                  "Saved as <ComfyUI user dir>/magcache/calibrations/<name>.json (overwritten if it exists). "
                                  "Letters, digits, '_', '-', '.', spaces."}),
-        }}
+        }, "hidden": HIDDEN}
 
-    def calibrate(self, model, calibration_name):
+    def calibrate(self, model, calibration_name, unique_id=None):
         name = check_name(calibration_name)
         strategy = detect(model)
         calibration_store().path(name)               # fail now, not after sampling, on a bad name
-        return (patch_model(model, strategy, CalibrateRun(strategy, name)),)
+        run = CalibrateRun(strategy, name)
+        settings = f"saves {name!r} when sampling ends"
+        patched = patch_model(model, strategy, run, reporter=Reporter(unique_id, "MagCacheCalibrate", settings))
+        return NodeOutput((patched,), node_ui("calibrate", run.label, settings))
 
 
 def _saver(store: CalibrationStore, name: str, fingerprint: dict | None = None):
@@ -190,6 +203,7 @@ def _saver(store: CalibrationStore, name: str, fingerprint: dict | None = None):
         path = store.save(name, strategy.name, run.num_steps, stats, extra)
         spans = ", ".join(f"{k}: {min(s['ratio'][1:] or [1]):.3f}-{max(s['ratio'][1:] or [1]):.3f}" for k, s in stats.items())
         log.info("MagCacheCalibrate: saved %r (%d steps; ratio range %s%s) to %s", name, run.num_steps, spans, tea, path)
+        return calibration_details(name, path, strategy.name, run.num_steps, stats, extra.get("teacache"))
     return save
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import time
 from dataclasses import dataclass
 
 import comfy.model_patcher
@@ -40,6 +41,7 @@ import comfy.utils
 
 from ..magcache_core import CallContext, RunConfig, RunState
 from ..strategies import BlockStrategy, Strategy
+from . import report
 from .schedule import drops_penultimate, locate, unusable
 
 KEY = "comfyui-magcache"                 # wrapper key
@@ -72,14 +74,16 @@ class Call:
 _CALL: contextvars.ContextVar["Call | None"] = contextvars.ContextVar("comfyui_magcache_call", default=None)
 
 
-def patch_model(model, strategy: Strategy, config, on_success=None):
+def patch_model(model, strategy: Strategy, config, on_success=None, reporter: report.Reporter | None = None):
     """A clone of ``model`` that runs ``config``; ``model`` itself is left as it was. ``config`` is a RunConfig,
     or an object whose ``resolve(model_patcher, sigmas, sampler)`` gives (RunConfig or None, on_success) when
-    sampling starts (``auto.py``: 'auto' without published numbers); None samples as if the node were not there."""
+    sampling starts (``auto.py``: 'auto' without published numbers); None samples as if the node were not there.
+    ``on_success(state, strategy)`` runs after a finished sampling and may return details for the run's report
+    (``report.py``), which goes to ``reporter``'s node."""
     m = model.clone()
     for wrapper_type in (WMP.OUTER_SAMPLE, WMP.APPLY_MODEL, WMP.DIFFUSION_MODEL):
         m.remove_wrappers_with_key(wrapper_type, KEY)      # re-applying replaces, never stacks
-    m.add_wrapper_with_key(WMP.OUTER_SAMPLE, KEY, functools.partial(_outer_sample, config, strategy, on_success))
+    m.add_wrapper_with_key(WMP.OUTER_SAMPLE, KEY, functools.partial(_outer_sample, config, strategy, on_success, reporter))
     m.add_wrapper_with_key(WMP.APPLY_MODEL, KEY, _apply_model)
     existing = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     # Our own block patches from an earlier apply: unwrap them back to what they wrapped.
@@ -99,7 +103,8 @@ def patch_model(model, strategy: Strategy, config, on_success=None):
     return m
 
 
-def _outer_sample(config: RunConfig, strategy: Strategy, on_success, executor, *args, **kwargs):
+def _outer_sample(config: RunConfig, strategy: Strategy, on_success, reporter, executor, *args, **kwargs):
+    started = time.perf_counter()
     guider = executor.class_obj
     sigmas = args[3] if len(args) > 3 else kwargs["sigmas"]
     sampler = args[2] if len(args) > 2 else kwargs.get("sampler")
@@ -110,8 +115,9 @@ def _outer_sample(config: RunConfig, strategy: Strategy, on_success, executor, *
     calibrating = config.method == "calibrate"
     reason = unusable(sigmas, sampler, calibrating)
     if reason is not None:          # known before sampling: say so, and sample as if the node were not there
-        log.warning("MagCache %s [%s]: %s; this run %s", config.method, config.label, reason,
+        log.warning("%s [%s]: %s; this run %s", report.TITLES[config.method], config.label, reason,
                     "is not calibrated, nothing is saved" if calibrating else "computes every step")
+        report.run_unusable(reporter, config, reason)
         return executor(*args, **kwargs)
     # The model sampling this run will use: object patches (ModelSamplingSD3/Flux...) are applied only when
     # the model loads, after this wrapper, so the model's own attribute can still be the unpatched one.
@@ -129,19 +135,19 @@ def _outer_sample(config: RunConfig, strategy: Strategy, on_success, executor, *
     orig_options = guider.model_options
     guider.model_options = comfy.model_patcher.create_model_options_clone(orig_options)
     guider.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
-    finished = False
+    finished, details = False, None
     try:
         out = executor(*args, **kwargs)
         finished = True
         if on_success is not None:
             try:
-                on_success(state, strategy)
+                details = on_success(state, strategy)
             except Exception as e:      # noqa: BLE001 - the sampled image is worth more than the record
-                log.warning("MagCache %s [%s]: not saved: %s", config.method, config.label, e)
+                details = {"notices": [f"not saved: {e}"]}
         return out
     finally:
         guider.model_options = orig_options
-        log.info("MagCache %s%s", state.summary(), "" if finished else " (sampling stopped early)")
+        report.run_ended(reporter, state, started, finished, details)      # the log line, and the node's report
         state.release()
 
 

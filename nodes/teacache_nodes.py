@@ -6,12 +6,15 @@ import logging
 from ..magcache_core import MagCacheInputError, RunConfig, TeaCacheParams
 from ..magcache_core.target import SPEED_CHOICES, parse_speed
 from ..strategies import METHOD_TEACACHE, all_presets, detect
-from .inputs import number, offload_device, window, window_and_cache_inputs
-from .magcache_nodes import CALIBRATION_PREFIX, calibration_store, load_calibration
+from .inputs import listed, number, offload_device, window, window_and_cache_inputs, window_text
+from .magcache_nodes import CALIBRATION_PREFIX, HIDDEN, MAX_SKIPS_MAX, calibration_store, load_calibration
 from .auto import AutoRun
 from .patching import patch_model
+from .report import NodeOutput, Reporter, node_ui
 
 log = logging.getLogger("comfyui-magcache")
+# The published rel_l1_thresh run from 0.06 (LTX-Video) to 1.5 (HiDream-I1 Fast), on each model's own scale.
+REL_L1_THRESH_MAX = 2.0
 
 
 def resolve_coefficients(strategy, model, preset):
@@ -41,9 +44,9 @@ def resolve_coefficients(strategy, model, preset):
     known = all_presets(METHOD_TEACACHE)
     if preset in known:
         raise MagCacheInputError("preset", f"{preset!r} is a {known[preset][0].title} preset; this model is "
-                                           f"{strategy.title} (its presets: {sorted(strategy.tea_presets)})")
-    raise MagCacheInputError("preset", f"unknown preset {preset!r}; choose 'auto', one of {sorted(known)} "
-                                       "or a saved 'calibration: <name>'")
+                                           f"{strategy.title} (its presets: {listed(sorted(strategy.tea_presets))})")
+    own = f", a {strategy.title} preset ({listed(sorted(strategy.tea_presets))})" if strategy.tea_presets else ""
+    raise MagCacheInputError("preset", f"unknown preset {preset!r}; choose 'auto'{own} or a saved 'calibration: <name>'")
 
 
 SPEED_TOOLTIP = (
@@ -74,24 +77,26 @@ class TeaCacheApply:
                             "one for the detected model; for a model without one, the one fitted by a calibration "
                             "of this model, sampler and step count, which its first run makes (every step computed) "
                             "if none is saved. 'calibration: …' uses the one MagCacheCalibrate fitted."}),
-                "rel_l1_thresh": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip":
+                "rel_l1_thresh": ("FLOAT", {"default": 0.4, "min": 0.0, "max": REL_L1_THRESH_MAX, "step": 0.01, "tooltip":
                                   "Accumulated rescaled change allowed before the blocks run again. Higher = faster, "
-                                  "less faithful; 0 = never skip. FLUX 0.4, Wan 0.15-0.3, HunyuanVideo 0.15, LTXV 0.06."}),
+                                  "less faithful; 0 = never skip. FLUX 0.4, Wan 0.15-0.3, HunyuanVideo 0.15, LTXV 0.06 "
+                                  f"(at most {REL_L1_THRESH_MAX})."}),
                 **window_and_cache_inputs(" Wan: 0.1.", " The last step always computes."),
             },
             "optional": {
-                "max_skip_steps": ("INT", {"default": 0, "min": 0, "max": 100, "tooltip":
-                                   "At most this many steps in a row are skipped; 0 = no limit (as published)."}),
+                "max_skip_steps": ("INT", {"default": 0, "min": 0, "max": MAX_SKIPS_MAX, "tooltip":
+                                   f"At most this many steps in a row are skipped; 0 = no limit (as published). At most {MAX_SKIPS_MAX}."}),
                 "speed": (list(SPEED_CHOICES), {"default": "off", "tooltip": SPEED_TOOLTIP}),
             },
+            "hidden": HIDDEN,
         }
 
     def apply(self, model, preset, rel_l1_thresh, start_percent=0.0, end_percent=1.0,
-              cache_device="main_device", max_skip_steps=0, speed="off"):
-        thresh = number("rel_l1_thresh", rel_l1_thresh, 0.0, 1e6)
+              cache_device="main_device", max_skip_steps=0, speed="off", unique_id=None):
+        thresh = number("rel_l1_thresh", rel_l1_thresh, 0.0, REL_L1_THRESH_MAX)
         start, end = window(start_percent, end_percent)
         offload = offload_device(cache_device)
-        cap = number("max_skip_steps", max_skip_steps, 0, 10_000, integer=True)
+        cap = number("max_skip_steps", max_skip_steps, 0, MAX_SKIPS_MAX, integer=True)
         target = parse_speed(speed, "speed")
         if target is not None and thresh <= 0:
             raise MagCacheInputError("rel_l1_thresh", "is 0 (never skip), so a run measures nothing to reach the speed "
@@ -107,15 +112,17 @@ class TeaCacheApply:
             params = TeaCacheParams(thresh, tuple(coefficients), cap or None)
             config = RunConfig("teacache", params, None, start, end, offload, label=f"{strategy.title}, {label}",
                                target=target, notice=f"auto: published coefficients {label}" if preset == "auto" else "")
-        hint = ""
+        notices = []
         if chosen is not None and (chosen.params.rel_l1_thresh, chosen.start_percent) != (thresh, start):
-            hint = f"; the preset recommends rel_l1_thresh {chosen.params.rel_l1_thresh}, start {chosen.start_percent}"
+            notices.append(f"the preset recommends rel_l1_thresh {chosen.params.rel_l1_thresh}, start {chosen.start_percent}")
         if target is not None:
-            hint += (f"; speed {speed}, best effort: this rel_l1_thresh is where the first run starts, each finished "
-                     "run solves the next run's")
-        log.info("TeaCacheApply: %s (%s-level cache), %s, rel_l1_thresh %s, window %s-%s%s", strategy.title,
-                 strategy.level, label, thresh, start, end, hint)
-        return (patch_model(model, strategy, config),)
+            notices.append(f"speed {speed}, best effort: this rel_l1_thresh is where the first run starts, each "
+                           "finished run solves the next run's")
+        settings = f"rel_l1_thresh {thresh}" + (f", K {cap}" if cap else "") + window_text(start, end)
+        log.info("TeaCacheApply: %s (%s-level cache), %s, %s%s", strategy.title, strategy.level, label, settings,
+                 "".join("; " + n for n in notices))
+        patched = patch_model(model, strategy, config, reporter=Reporter(unique_id, "TeaCacheApply", settings))
+        return NodeOutput((patched,), node_ui("teacache", label, settings, notices))
 
 
 NODE_CLASS_MAPPINGS = {"TeaCacheApply": TeaCacheApply}

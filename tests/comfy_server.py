@@ -11,6 +11,7 @@ models, custom nodes, user data and outputs live in ``workdir/base`` (``--base-d
 """
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import math
@@ -20,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -42,10 +44,11 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 MUTED, BYPASSED = 2, 4                   # LiteGraph node modes
-# RunState.summary, logged once per sampling; a step range of a longer schedule (KSamplerAdvanced,
-# denoise < 1) adds " (steps a-b of n)" after the label.
-RUN_LINE = re.compile(r"MagCache (\w+) \[(.*?)\](?: \(steps (\d+)-(\d+) of (\d+)\))?: "
+# The pack's log line per sampling run (nodes/report.py: log_line), by its title; a step range of a longer
+# schedule (KSamplerAdvanced, denoise < 1) adds " (steps a-b of n)" after the label.
+RUN_LINE = re.compile(r"(MagCache calibration|MagCache|TeaCache) \[(.*?)\](?: \(steps (\d+)-(\d+) of (\d+)\))?: "
                       r"computed (\d+)/(\d+) steps \[([\d, ]*)\], skipped (\d+)")
+RUN_METHODS = {"MagCache": "magcache", "TeaCache": "teacache", "MagCache calibration": "calibrate"}
 
 
 def ensure_tiny_wan(path: Path) -> Path:
@@ -226,6 +229,11 @@ class ComfyServer:
         wall = (end - stamps["execution_start"]) / 1000 if end and stamps.get("execution_start") else math.nan
         return PromptResult(pid, entry, log, wall, parse_runs(log))
 
+    def listen(self, *types: str) -> "Listener":
+        """``with server.listen("magcache.report") as heard:`` the websocket messages of those types sent to
+        this client (``run_prompt`` queues as this client) while the block runs: a list of {"type", "data"}."""
+        return Listener(self, types)
+
     # -- outputs and log ---------------------------------------------------------------------
     def output_path(self, item: dict) -> Path:
         folder = {"output": "output", "temp": "temp", "input": "input"}[item.get("type", "output")]
@@ -248,10 +256,50 @@ class ComfyServer:
         return "---- server log (tail) ----\n" + text[-chars:]
 
 
+class Listener(list):
+    """ComfyUI's websocket as this server's client, in a thread, collecting text messages of some types."""
+
+    def __init__(self, server: ComfyServer, types):
+        super().__init__()
+        self.server, self.types = server, set(types)
+        self.ready = threading.Event()
+        self.loop = self.ws = self.error = None
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self.thread.start()
+        if not self.ready.wait(30) or self.error:
+            raise RuntimeError(f"websocket to {self.server.url} did not open: {self.error!r}")
+        return self
+
+    async def _main(self):
+        import aiohttp
+        self.loop = asyncio.get_running_loop()
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(f"{self.server.url}/ws?clientId={self.server.client_id}") as ws:
+                    self.ws = ws
+                    self.ready.set()
+                    async for msg in ws:
+                        if msg.type == aiohttp.WSMsgType.TEXT:
+                            data = json.loads(msg.data)
+                            if data.get("type") in self.types:
+                                self.append(data)
+        except Exception as e:                      # noqa: BLE001 - reported by __enter__ / __exit__
+            self.error = e
+            self.ready.set()
+
+    def __exit__(self, *exc):
+        time.sleep(0.5)                             # messages the server queued just before the prompt ended
+        if self.ws is not None and self.loop is not None and not self.loop.is_closed():
+            asyncio.run_coroutine_threadsafe(self.ws.close(), self.loop).result(10)
+        self.thread.join(10)
+
+
 def parse_runs(log: str) -> list[dict]:
     """The pack's per-sampling summary lines: method, label, part ((first, last, of) for a step range
     of a longer schedule, else None), computed, total, steps (indices in the whole schedule), skipped."""
-    return [{"method": m[1], "label": m[2], "part": (int(m[3]), int(m[4]), int(m[5])) if m[3] else None,
+    return [{"method": RUN_METHODS[m[1]], "label": m[2], "part": (int(m[3]), int(m[4]), int(m[5])) if m[3] else None,
              "computed": int(m[6]), "total": int(m[7]),
              "steps": [int(s) for s in m[8].split(",") if s.strip()], "skipped": int(m[9])}
             for m in RUN_LINE.finditer(log)]

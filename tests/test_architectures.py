@@ -94,7 +94,7 @@ def flat_ratios():
 
 
 def forced(model):
-    return MagCacheApply().apply(model, "auto", 1.0, 0.0, 2, ratios=flat_ratios())[0]
+    return MagCacheApply().apply(model, "auto", 0.5, 0.0, 2, ratios=flat_ratios())[0]
 
 
 def transformer_options(args, kwargs):

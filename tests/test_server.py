@@ -94,16 +94,28 @@ def test_object_info_lists_the_nodes(object_info):
 
 
 def test_web_extension_is_served(server):
-    scripts = list((ROOT / "web" / "js").glob("*.js"))
-    if not scripts:
-        pytest.skip("the pack has no web/js/*.js")
+    """WEB_DIRECTORY is web/: every .js under it is listed (ComfyUI loads each one), served as it is."""
+    web = ROOT / "web"
+    scripts = sorted(web.rglob("*.js"))
+    assert scripts == [web / "js" / "magcache.js"]
     listed = server.get("/extensions")
     for js in scripts:
-        url = f"/extensions/comfyui-magcache/{js.name}"
+        url = f"/extensions/comfyui-magcache/{js.relative_to(web).as_posix()}"
         assert url in listed
         status, body = server.request(url)
         assert status == 200 and body == js.read_bytes()
     assert b'registerExtension' in (ROOT / "web/js/magcache.js").read_bytes()
+
+
+def test_node_docs_are_served(server, object_info):
+    """The info panel asks /extensions/<pack>/docs/<Node>/<locale>.md, then /extensions/<pack>/docs/<Node>.md."""
+    ours = [name for name, info in object_info.items() if info["python_module"] == "custom_nodes.comfyui-magcache"]
+    assert sorted(ours) == ["MagCacheApply", "MagCacheCalibrate", "MagCacheRatios", "TeaCacheApply"]
+    for name in ours:
+        for path in (f"docs/{name}/en.md", f"docs/{name}.md"):
+            status, body = server.request(f"/extensions/comfyui-magcache/{path}")
+            assert status == 200 and body.decode().startswith(f"# {object_info[name]['display_name']}\n"), path
+        assert (ROOT / "web/docs" / name / "en.md").read_bytes() == (ROOT / "web/docs" / f"{name}.md").read_bytes()
 
 
 def test_tiny_wan_loads_as_wan21_t2v(server):
@@ -156,9 +168,21 @@ def test_two_samplers_share_one_patched_model(server, object_info, demo, runs):
     prompt["100"]["inputs"]["seed"] = SEED_B
     prompt["101"] = {"class_type": "SaveLatent", "inputs": {"samples": ["100", 0], "filename_prefix": "test_two_b"}}
     prompt[save]["inputs"]["filename_prefix"] = "test_two_a"
-    both = server.run_prompt(prompt)
+    with server.listen("magcache.report", "executed") as heard:
+        both = server.run_prompt(prompt)
     assert both.ok, server.log_tail()
     assert len(both.runs) == 2, both.log
+    # Each sampler's run is reported to the MagCacheApply node, as the log line says it ran.
+    apply_id = node_id(prompt, "MagCacheApply")
+    reports = [m["data"] for m in heard if m["type"] == "magcache.report"]
+    assert [r["node"] for r in reports] == [apply_id] * 2 and {r["prompt_id"] for r in reports} == {both.prompt_id}
+    assert sorted(r["run"]["sampler"]["node"] for r in reports) == sorted([ks, "100"])
+    for r, line in zip(reports, both.runs):
+        run = r["run"]
+        assert [i for i, c in enumerate(run["strip"]) if c == "C"] == line["steps"] and run["skipped"] == line["skipped"]
+        assert run["title"] == "MagCache" and run["seconds"] > 0 and run["speedup"] == round(20 / line["computed"], 3)
+    (ui,) = [m["data"]["output"]["magcache"][0] for m in heard if m["type"] == "executed" and m["data"]["node"] == apply_id]
+    assert ui["settings"] == "threshold 0.24, retention 0.2, K 4" and ui["label"] == reports[0]["run"]["label"]
     a, b = server.load_latent(both.output(save)), server.load_latent(both.output("101"))
     alone_a, alone_b = runs("cached")[1], runs("cached_b")[1]
     assert not torch.equal(alone_a, alone_b)
@@ -256,3 +280,18 @@ def test_reference_workflow_runs_with_magcache_and_teacache(server, shapes_calib
 def test_demo_graph_matches_object_info(name, object_info):
     """Every node and value of the demo graphs fits this server (which has their model files)."""
     assert workflow_problems(load(name), object_info) == []
+
+
+def test_calibration_routes_on_the_server(server, shapes_calibrated):
+    """The pack's read-only routes are registered in the real server (also under /api)."""
+    listing = server.get("/api/magcache/calibrations")
+    entry = next(c for c in listing["calibrations"] if c["name"] == "shapes_demo")
+    assert entry["model"] == "wan" and entry["steps"] == 20 and entry["teacache"] is True
+    assert "calibration: shapes_demo" in listing["presets"]["MagCacheApply"]
+    assert listing["presets"] == {t: shapes_calibrated[1][t]["input"]["required"]["preset"][0]
+                                  for t in ("MagCacheApply", "TeaCacheApply")}
+    doc = server.get("/magcache/calibrations/shapes_demo")
+    assert doc["name"] == "shapes_demo" and len(doc["mag_ratios"]["cond"]) == 20
+    for bad in ("..%2F..%2Fcomfy.settings", "%2Fetc%2Fpasswd", "never_saved"):
+        status, body = server.request(f"/api/magcache/calibrations/{bad}")
+        assert status in (400, 404) and b"error" in body, (bad, status, body)
