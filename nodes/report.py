@@ -75,6 +75,13 @@ def run_report(state, seconds: float | None = None, finished: bool = True, detai
     notices = list((details or {}).get("notices", ()))
     if not finished:
         notices.append(f"sampling stopped early, after {computed + skipped} of {state.run_steps} steps")
+    if getattr(config, "notice", ""):                  # what 'auto' decided
+        notices.insert(0, config.notice)
+    plan = getattr(state, "plan", None)                # a speed target: the solved threshold and what it reached
+    if plan is not None:
+        notices.append(plan.short())
+    if getattr(state, "bypassed_calls", 0):
+        notices.append(f"{state.bypassed_calls} model calls bypassed the block patches and computed in full")
     out = {
         "method": config.method, "title": TITLES[config.method], "label": config.label,
         "offset": state.offset, "run_steps": state.run_steps, "total_steps": state.num_steps,
@@ -86,6 +93,8 @@ def run_report(state, seconds: float | None = None, finished: bool = True, detai
     for key in ("calibration", "teacache"):
         if details and key in details:
             out[key] = details[key]
+    if plan is not None:
+        out["target"] = plan.as_dict()
     return out
 
 
