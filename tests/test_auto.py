@@ -216,7 +216,7 @@ def test_whole_model_strategy_unet(store):
     """Any model: a UNet goes to the generic whole-model strategy, which has no published curve."""
     unet = tiny_zoo.build("sd15")
     ref = tiny_zoo.sample(unet, "sd15", steps=8)
-    patched = MagCacheApply().apply(unet, "auto", 1.0, 0.0, 2)[0]
+    patched = MagCacheApply().apply(unet, "auto", 0.5, 0.0, 2)[0]
     out, computed = run(patched, "sd15")
     assert computed == 8 and torch.equal(out, ref)
     assert [n.split("-")[1] for n in autos(store)] == ["generic"]

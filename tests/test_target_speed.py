@@ -177,7 +177,7 @@ def test_comfy_flux_28_steps_meets_the_target(flux, speed, caplog):
     plan = solve(speed, FLUX_PARAMS, {COND: FLUX_DEV_28}, 28)
     with caplog.at_level(logging.INFO, logger="comfyui-magcache"):
         with BlockSteps(flux) as seen:
-            sample(MagCacheApply().apply(flux, "flux", 3.0, 0.1, 5, speed=speed)[0], steps=28, size=8)
+            sample(MagCacheApply().apply(flux, "flux", 0.5, 0.1, 5, speed=speed)[0], steps=28, size=8)
     assert len(seen.steps) * parse_speed(speed) <= 28
     assert tuple(seen.steps) == plan.computed and len(seen.calls) == len(plan.computed)
     text = caplog.text
