@@ -257,7 +257,7 @@ def test_threaded_skipped_step_uses_the_residual_its_own_device_computed(make):
     together = Together()
     try:
         with FirstBlock(model) as blocks:
-            sample(together.attach(magcache(model, 1.0, k=2, ratios=[1.0] * 6)), steps=6, cfg=3.0)
+            sample(together.attach(magcache(model, 0.5, k=2, ratios=[1.0] * 6)), steps=6, cfg=3.0)
     finally:
         for h in handles:
             h.remove()
