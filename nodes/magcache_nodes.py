@@ -10,7 +10,7 @@ import folder_paths
 from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, RunConfig, fit_coefficients
 from ..magcache_core.storage import CalibrationStore, check_name, curves_of, parse_json
 from ..magcache_core.target import SPEED_CHOICES, parse_speed, preview
-from ..strategies import all_presets, detect
+from ..strategies import METHOD_MAGCACHE, all_presets, detect
 from .auto import AutoRun, CalibrateRun
 from .inputs import listed, number, offload_device, window, window_and_cache_inputs, window_text
 from .patching import patch_model
@@ -62,12 +62,18 @@ def resolve_curves(strategy, model, preset: str, ratios: RatioCurves | None):
     if preset in strategy.presets:
         p = strategy.presets[preset]
         return p.curves, preset, p.params
-    known = all_presets()
+    raise unknown_preset(strategy, preset, METHOD_MAGCACHE)
+
+
+def unknown_preset(strategy, preset: str, method: str) -> MagCacheInputError:
+    """The error for a preset name this model (MagCache or TeaCache) has no such preset for."""
+    own = sorted(strategy.presets if method == METHOD_MAGCACHE else strategy.tea_presets)
+    known = all_presets(method)
     if preset in known:
-        raise MagCacheInputError("preset", f"{preset!r} is a {known[preset][0].title} preset; this model is "
-                                           f"{strategy.title} (its presets: {listed(sorted(strategy.presets))})")
-    own = f", a {strategy.title} preset ({listed(sorted(strategy.presets))})" if strategy.presets else ""
-    raise MagCacheInputError("preset", f"unknown preset {preset!r}; choose 'auto'{own} or a saved 'calibration: <name>'")
+        return MagCacheInputError("preset", f"{preset!r} is a {known[preset][0].title} preset; this model is "
+                                            f"{strategy.title} (its presets: {listed(own)})")
+    mine = f", a {strategy.title} preset ({listed(own)})" if own else ""
+    return MagCacheInputError("preset", f"unknown preset {preset!r}; choose 'auto'{mine} or a saved 'calibration: <name>'")
 
 
 SPEED_TOOLTIP = (

@@ -6,8 +6,8 @@ import logging
 from ..magcache_core import MagCacheInputError, RunConfig, TeaCacheParams
 from ..magcache_core.target import SPEED_CHOICES, parse_speed
 from ..strategies import METHOD_TEACACHE, all_presets, detect
-from .inputs import listed, number, offload_device, window, window_and_cache_inputs, window_text
-from .magcache_nodes import CALIBRATION_PREFIX, HIDDEN, MAX_SKIPS_MAX, calibration_store, load_calibration
+from .inputs import number, offload_device, window, window_and_cache_inputs, window_text
+from .magcache_nodes import CALIBRATION_PREFIX, HIDDEN, MAX_SKIPS_MAX, calibration_store, load_calibration, unknown_preset
 from .auto import AutoRun
 from .patching import patch_model
 from .report import NodeOutput, Reporter, node_ui
@@ -41,12 +41,7 @@ def resolve_coefficients(strategy, model, preset):
     if preset in strategy.tea_presets:
         chosen = strategy.tea_presets[preset]
         return chosen.params.coefficients, preset, chosen
-    known = all_presets(METHOD_TEACACHE)
-    if preset in known:
-        raise MagCacheInputError("preset", f"{preset!r} is a {known[preset][0].title} preset; this model is "
-                                           f"{strategy.title} (its presets: {listed(sorted(strategy.tea_presets))})")
-    own = f", a {strategy.title} preset ({listed(sorted(strategy.tea_presets))})" if strategy.tea_presets else ""
-    raise MagCacheInputError("preset", f"unknown preset {preset!r}; choose 'auto'{own} or a saved 'calibration: <name>'")
+    raise unknown_preset(strategy, preset, METHOD_TEACACHE)
 
 
 SPEED_TOOLTIP = (

@@ -8,21 +8,17 @@ import os
 import pytest
 import torch
 
-import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import node_helpers
-from comfyui_magcache.nodes.magcache_nodes import MagCacheApply, MagCacheCalibrate, calibration_store
-from comfyui_magcache.nodes.teacache_nodes import TeaCacheApply
+from comfyui_magcache.nodes.magcache_nodes import MagCacheApply, MagCacheCalibrate, MagCacheRatios, calibration_store
 from test_comfy_magcache import BlockSteps, force_split
 from tiny_models import conds, latent, tiny_flux, tiny_wan
 
 STEPS = 8
-FLAT = None
 
 
 def flat(n=STEPS):
-    from comfyui_magcache.nodes.magcache_nodes import MagCacheRatios
     return MagCacheRatios().parse(json.dumps([1.0] + [0.97] * (n - 1)))[0]
 
 
@@ -129,8 +125,9 @@ def test_extra_discarded_model_call_does_not_change_the_cached_output():
     m = magcache(model)
 
     def wrapper(apply_model, args):
-        apply_model(args["input"] * 0.5, args["timestep"], **args["c"])     # an extra call, thrown away
-        return apply_model(args["input"], args["timestep"], **args["c"])
+        out = apply_model(args["input"], args["timestep"], **args["c"])
+        apply_model(args["input"] * 0.5, args["timestep"], **args["c"])     # an extra call after it, thrown away
+        return out
     m.set_model_unet_function_wrapper(wrapper)
     assert torch.allclose(run(m), cached, atol=1e-5)
 
