@@ -13,6 +13,8 @@ import torch
 from . import shapes
 
 MODEL_PATH = Path(__file__).resolve().parents[1] / "models" / shapes.MODEL_FILE
+FEW_STEP_PATH = MODEL_PATH.parent / shapes.FEW_STEP_FILE      # the guidance-distilled few-step student (CFG 1)
+LORA_PATH = MODEL_PATH.parent / shapes.LORA_FILE              # a palette-swap LoRA of the reference model
 
 
 def load(path=MODEL_PATH):

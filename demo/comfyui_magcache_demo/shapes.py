@@ -36,6 +36,8 @@ CONFIG = dict(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=LATEN
               freq_dim=256, text_dim=TEXT_WIDTH, out_dim=LATENT_CHANNELS, num_heads=2, num_layers=4,
               window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6)
 MODEL_FILE = "magcache_shapes_wan.safetensors"
+FEW_STEP_FILE = "magcache_shapes_wan_fewstep.safetensors"       # demo/distill_few_step.py: 4-8 steps, CFG 1
+LORA_FILE = "magcache_shapes_wan_palette_lora.safetensors"      # demo/distill_few_step.py: a LoRA of MODEL_FILE
 
 
 # -- prompts ---------------------------------------------------------------------------------
