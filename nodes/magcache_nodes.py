@@ -15,6 +15,7 @@ from .auto import AutoRun, CalibrateRun
 from .inputs import listed, number, offload_device, window, window_and_cache_inputs, window_text
 from .patching import patch_model
 from .report import NodeOutput, Reporter, calibration_details, node_ui
+from .schedule import MIN_STEPS, MIN_STEPS_MAX, MIN_STEPS_TOOLTIP
 
 log = logging.getLogger("comfyui-magcache")
 CALIBRATION_PREFIX = "calibration: "
@@ -115,18 +116,21 @@ class MagCacheApply:
             "optional": {
                 "ratios": ("MAGCACHE_RATIOS", {"tooltip": "Your own ratio curve (from a 'MagCache Ratios' node); overrides the preset."}),
                 "speed": (list(SPEED_CHOICES), {"default": "off", "tooltip": SPEED_TOOLTIP}),
+                "min_steps": ("INT", {"default": MIN_STEPS, "min": 0, "max": MIN_STEPS_MAX, "tooltip": MIN_STEPS_TOOLTIP}),
             },
             "hidden": HIDDEN,
         }
 
     def apply(self, model, preset, threshold, retention_ratio, max_skip_steps, start_percent=0.0,
-              end_percent=1.0, cache_device="main_device", ratios=None, speed="off", unique_id=None):
+              end_percent=1.0, cache_device="main_device", ratios=None, speed="off", unique_id=None,
+              min_steps=MIN_STEPS):
         params = MagCacheParams(number("threshold", threshold, 0.0, THRESHOLD_MAX),
                                 number("retention_ratio", retention_ratio, 0.0, 1.0),
                                 number("max_skip_steps", max_skip_steps, 0, MAX_SKIPS_MAX, integer=True))
         start, end = window(start_percent, end_percent)
         offload = offload_device(cache_device)
         target = parse_speed(speed, "speed")
+        min_steps = number("min_steps", min_steps, 0, MIN_STEPS_MAX, integer=True)
         strategy = detect(model)
         curves, label, recommended = resolve_curves(strategy, model, preset, ratios)
         if curves is None:
@@ -148,11 +152,18 @@ class MagCacheApply:
             threshold = f"speed {speed} (threshold input ignored)"
             notices.append(f"planned at the curve's {plan.total_steps} steps ({kinds}): {plan.outcome()}; solved "
                            "again when sampling starts, for the run's steps, conds and window")
-        settings = f"{threshold}, retention {params.retention_ratio}, K {params.max_skips}" + window_text(start, end)
+        settings = f"{threshold}, retention {params.retention_ratio}, K {params.max_skips}" + window_text(start, end) \
+            + min_steps_text(min_steps)
         log.info("MagCacheApply: %s (%s-level cache), %s, %s%s", strategy.title, strategy.level, label, settings,
                  "".join("; " + n for n in notices))
-        patched = patch_model(model, strategy, config, reporter=Reporter(unique_id, "MagCacheApply", settings))
+        patched = patch_model(model, strategy, config, reporter=Reporter(unique_id, "MagCacheApply", settings),
+                              min_steps=min_steps)
         return NodeOutput((patched,), node_ui("magcache", config.label, settings, notices))
+
+
+def min_steps_text(min_steps: int) -> str:
+    """The few-step minimum for a settings line: empty at the default."""
+    return "" if min_steps == MIN_STEPS else (", runs of any length" if min_steps == 0 else f", min_steps {min_steps}")
 
 
 class MagCacheCalibrate:

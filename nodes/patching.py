@@ -42,7 +42,7 @@ import comfy.utils
 from ..magcache_core import CallContext, RunConfig, RunState
 from ..strategies import BlockStrategy, Strategy
 from . import report
-from .schedule import drops_penultimate, locate, unusable
+from .schedule import drops_penultimate, locate, too_few_steps, unusable
 
 KEY = "comfyui-magcache"                 # wrapper key
 RUN_KEY = "comfyui_magcache_run"         # transformer_options key holding the current run
@@ -74,16 +74,19 @@ class Call:
 _CALL: contextvars.ContextVar["Call | None"] = contextvars.ContextVar("comfyui_magcache_call", default=None)
 
 
-def patch_model(model, strategy: Strategy, config, on_success=None, reporter: report.Reporter | None = None):
+def patch_model(model, strategy: Strategy, config, on_success=None, reporter: report.Reporter | None = None,
+                min_steps: int = 0):
     """A clone of ``model`` that runs ``config``; ``model`` itself is left as it was. ``config`` is a RunConfig,
     or an object whose ``resolve(model_patcher, sigmas, sampler)`` gives (RunConfig or None, on_success) when
     sampling starts (``auto.py``: 'auto' without published numbers); None samples as if the node were not there.
     ``on_success(state, strategy)`` runs after a finished sampling and may return details for the run's report
-    (``report.py``), which goes to ``reporter``'s node."""
+    (``report.py``), which goes to ``reporter``'s node. A run whose whole schedule has fewer than ``min_steps``
+    steps computes every step (``schedule.too_few_steps``; 0: no minimum)."""
     m = model.clone()
     for wrapper_type in (WMP.OUTER_SAMPLE, WMP.APPLY_MODEL, WMP.DIFFUSION_MODEL):
         m.remove_wrappers_with_key(wrapper_type, KEY)      # re-applying replaces, never stacks
-    m.add_wrapper_with_key(WMP.OUTER_SAMPLE, KEY, functools.partial(_outer_sample, config, strategy, on_success, reporter))
+    m.add_wrapper_with_key(WMP.OUTER_SAMPLE, KEY, functools.partial(_outer_sample, config, strategy, on_success, reporter,
+                                                                  min_steps=min_steps))
     m.add_wrapper_with_key(WMP.APPLY_MODEL, KEY, _apply_model)
     existing = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     # Our own block patches from an earlier apply: unwrap them back to what they wrapped.
@@ -103,7 +106,8 @@ def patch_model(model, strategy: Strategy, config, on_success=None, reporter: re
     return m
 
 
-def _outer_sample(config: RunConfig, strategy: Strategy, on_success, reporter, executor, *args, **kwargs):
+def _outer_sample(config: RunConfig, strategy: Strategy, on_success, reporter, executor, *args, min_steps: int = 0,
+                  **kwargs):
     started = time.perf_counter()
     guider = executor.class_obj
     sigmas = args[3] if len(args) > 3 else kwargs["sigmas"]
@@ -125,6 +129,11 @@ def _outer_sample(config: RunConfig, strategy: Strategy, on_success, reporter, e
     window = (float("inf") if config.start_percent <= 0 else float(ms.percent_to_sigma(config.start_percent)),
               float("-inf") if config.end_percent >= 1 else float(ms.percent_to_sigma(config.end_percent)))
     offset, total = (0, len(sigmas) - 1) if calibrating or config.whole_run else locate(ms, sigmas, drops_penultimate(sampler))
+    few = None if calibrating else too_few_steps(total, min_steps)
+    if few is not None:             # a few-step schedule: say so, and sample as if the node were not there
+        log.warning("%s [%s]: %s; this run computes every step", report.TITLES[config.method], config.label, few)
+        report.run_unusable(reporter, config, few)
+        return executor(*args, **kwargs)
     progress = None
     if config.method == "calibrate":
         bar = comfy.utils.ProgressBar(max(len(sigmas) - 1, 1))

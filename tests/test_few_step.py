@@ -1,0 +1,106 @@
+"""Few-step schedules (issue 11, part 4): MagCacheApply and TeaCacheApply compute every step of a schedule shorter
+than their min_steps and say why, before sampling (the report the node is sent: tests/test_server.py); longer runs (and a short part of a long schedule) still cache;
+min_steps 0 caches any run. On the reference model, in real ComfyUI."""
+import json
+import logging
+
+import pytest
+import torch
+
+import comfy.sample
+from comfyui_magcache.nodes.magcache_nodes import MagCacheApply, MagCacheCalibrate, MagCacheRatios
+from comfyui_magcache.nodes.schedule import MIN_STEPS, too_few_steps
+from comfyui_magcache.nodes.teacache_nodes import TeaCacheApply
+from comfyui_magcache_demo import reference
+from quality import RowCounter
+
+from calibrate_reference import OUT as SHIPPED_CALIBRATION
+
+PROMPT, SEED = "a blue triangle", 3
+
+
+@pytest.fixture(scope="module")
+def model():
+    return reference.load()
+
+
+@pytest.fixture(scope="module")
+def ratios():
+    return MagCacheRatios().parse(json.dumps(json.loads(SHIPPED_CALIBRATION.read_text())["mag_ratios"]))[0]
+
+
+@pytest.fixture(scope="module")
+def tea_preset(model):
+    """A TeaCache polynomial of the reference model: MagCacheCalibrate on one 20-step run."""
+    reference.sample(MagCacheCalibrate().calibrate(model, "few step tea")[0], "a white ring", 999, 20)
+    return "calibration: few step tea"
+
+
+def rows_and_image(model, base, steps, cfg=4.0):
+    counter = RowCounter(base)
+    try:
+        out = reference.sample(model, PROMPT, SEED, steps, cfg)
+    finally:
+        counter.close()
+    return counter.rows, out
+
+
+def aggressive(model, ratios, tea_preset, **kw):
+    """Both nodes at settings that skip most steps wherever they may."""
+    return {"MagCache": MagCacheApply().apply(model, "auto", 0.5, 0.0, 4, ratios=ratios, **kw)[0],
+            "TeaCache": TeaCacheApply().apply(model, tea_preset, 2.0, **kw)[0]}
+
+
+def test_the_default_minimum_covers_few_step_schedules():
+    assert MIN_STEPS > 8
+    assert too_few_steps(20, MIN_STEPS) is None and too_few_steps(4, 0) is None
+    assert "4-step schedule is below min_steps" in too_few_steps(4, MIN_STEPS)
+
+
+@pytest.mark.parametrize("steps", [4, 8])
+def test_a_few_step_run_computes_every_step_and_says_why(model, ratios, tea_preset, steps, caplog):
+    uncached_rows, uncached = rows_and_image(model, model, steps)
+    for name, patched in aggressive(model, ratios, tea_preset).items():
+        with caplog.at_level(logging.WARNING, logger="comfyui-magcache"):
+            caplog.clear()
+            rows, out = rows_and_image(patched, model, steps)
+        assert rows == uncached_rows and torch.equal(out, uncached), name
+        warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert any(w.startswith(f"{name} [") and f"a {steps}-step schedule is below min_steps {MIN_STEPS}" in w
+                   and w.endswith("this run computes every step") for w in warned), warned
+
+
+def test_longer_runs_still_cache_and_min_steps_0_caches_a_few_step_run(model, ratios, tea_preset):
+    uncached_20, _ = rows_and_image(model, model, 20)
+    uncached_4, _ = rows_and_image(model, model, 4)
+    for name, patched in aggressive(model, ratios, tea_preset).items():
+        assert rows_and_image(patched, model, 20)[0] < uncached_20 * 0.75, name
+    for name, patched in aggressive(model, ratios, tea_preset, min_steps=0).items():
+        assert rows_and_image(patched, model, 4)[0] < uncached_4, name
+
+
+def test_a_short_part_of_a_long_schedule_is_not_a_few_step_run(model, ratios, caplog):
+    """KSamplerAdvanced steps 12-17 of 20: the schedule it is cut from has 20 steps, so the node caches there. (A
+    part is placed in its schedule when that has at most 4x its steps, schedule.locate; a shorter part counts as a
+    whole run of its own length, here as everywhere in the pack.)"""
+    patched = MagCacheApply().apply(model, "auto", 0.5, 0.0, 4, ratios=ratios)[0]
+    lat = reference.empty_latent()
+    noise = comfy.sample.prepare_noise(lat, SEED)
+    pos, neg = reference.conditioning(PROMPT), reference.conditioning("")
+    with caplog.at_level(logging.INFO, logger="comfyui-magcache"):
+        comfy.sample.sample(patched, noise, 20, 4.0, "euler", "simple", pos, neg, lat, start_step=12, last_step=18,
+                            disable_pbar=True, seed=SEED)
+    lines = [r.getMessage() for r in caplog.records]
+    assert not any("min_steps" in line for line in lines)
+    (run,) = [line for line in lines if "(steps 12-17 of 20): computed" in line]
+    assert "skipped 0" not in run, run
+
+
+def test_min_steps_is_checked_and_shown(model):
+    from comfyui_magcache.magcache_core import MagCacheInputError
+    with pytest.raises(MagCacheInputError, match=r"^min_steps: got -1"):
+        MagCacheApply().apply(model, "auto", 0.2, 0.2, 4, min_steps=-1)
+    out = TeaCacheApply().apply(model, "auto", 0.2, min_steps=0)
+    assert out["ui"]["magcache"][0]["settings"].endswith(", runs of any length")
+    out = MagCacheApply().apply(model, "auto", 0.2, 0.2, 4, min_steps=6)
+    assert out["ui"]["magcache"][0]["settings"].endswith(", min_steps 6")
