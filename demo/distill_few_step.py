@@ -28,6 +28,7 @@ the script prints its ETA, and trains fewer steps (it says how many) where the d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -140,6 +141,21 @@ def prompts_batch(n, generator, device):
     return color, shape, torch.stack([vocab[color], vocab[n_colors + shape]], 1)
 
 
+@contextlib.contextmanager
+def training():
+    """ComfyUI's own training switch, as its TrainLoraNode sets it: ComfyUI 0.33's WanModel then applies RoPE in
+    torch (its comfy_kitchen kernel has no backward). ComfyUI 0.3.75 has no such switch and needs none."""
+    import comfy.model_management as mm
+    before = getattr(mm, "in_training", None)
+    if before is not None:
+        mm.in_training = True
+    try:
+        yield
+    finally:
+        if before is not None:
+            mm.in_training = before
+
+
 def _autocast(device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
@@ -211,6 +227,19 @@ def train_student(args, device, clock, deadline):
 
     steps, running, t_train = args.steps, [], clock()
     i = 0
+    with training():
+        i, steps = _student_loop(args, student, ema, opt, step_fn, log, clock, deadline, t_train, steps, running)
+    log["steps"] = steps
+    log["train_seconds"] = round(clock() - t_train, 1)
+    log["eval"] = evaluate_student(teacher, ema, held, held_ctx, points, device)
+    for row in log["eval"]:
+        say(f"  held-out {row['steps']} steps: student CFG 1 {row['student_psnr']:.2f} dB, teacher CFG {TEACHER_CFG} "
+            f"{row['teacher_psnr']:.2f} dB (PSNR of the image to the teacher's {len(teacher_schedule(args.teacher_steps)[0]) - 1}-step CFG-{TEACHER_CFG:g} image)")
+    return ema, log
+
+
+def _student_loop(args, student, ema, opt, step_fn, log, clock, deadline, t_train, steps, running):
+    i = 0
     while i < steps:
         frac = i / max(1, steps)
         for group in opt.param_groups:           # short warm-up, then cosine to 10 %
@@ -240,13 +269,7 @@ def train_student(args, device, clock, deadline):
             running.clear()
             log["loss"].append([i, round(mean, 5)])
             say(f"  step {i:5d}  loss {mean:.4f}  {clock():6.1f} s")
-    log["steps"] = steps
-    log["train_seconds"] = round(clock() - t_train, 1)
-    log["eval"] = evaluate_student(teacher, ema, held, held_ctx, points, device)
-    for row in log["eval"]:
-        say(f"  held-out {row['steps']} steps: student CFG 1 {row['student_psnr']:.2f} dB, teacher CFG {TEACHER_CFG} "
-            f"{row['teacher_psnr']:.2f} dB (PSNR of the image to the teacher's {args.teacher_steps}-step image)")
-    return ema, log
+    return i, steps
 
 
 @torch.no_grad()
@@ -273,35 +296,34 @@ def evaluate_student(teacher, student, held, held_ctx, points, device):
 
 
 # -- 2. the palette-swap LoRA ----------------------------------------------------------------------
-class LoRALinear(torch.nn.Module):
-    """``base(x) + up(down(x)) * alpha / rank`` (what ComfyUI adds to the weight for a LoRA at strength 1)."""
+class LoRADelta(torch.nn.Module):
+    """A parametrization of a Linear's weight: ``W + up @ down * alpha / rank``, what ComfyUI makes of a LoRA at
+    strength 1. The layer stays the model's own Linear (ComfyUI 0.33's Wan FFN reads ``.weight`` directly)."""
 
     def __init__(self, base: torch.nn.Linear, rank: int, alpha: float, generator):
         super().__init__()
-        self.base, self.rank, self.alpha = base, rank, alpha
+        self.rank, self.alpha = rank, alpha
         dev = base.weight.device
         bound = 1 / math.sqrt(base.in_features)
         self.down = torch.nn.Parameter((torch.rand(rank, base.in_features, generator=generator, device=dev) * 2 - 1) * bound)
         self.up = torch.nn.Parameter(torch.zeros(base.out_features, rank, device=dev))
 
-    def forward(self, x):
-        return self.base(x) + torch.nn.functional.linear(torch.nn.functional.linear(x, self.down.to(x.dtype)),
-                                                         self.up.to(x.dtype)) * (self.alpha / self.rank)
+    def forward(self, weight):
+        return weight + (self.up @ self.down).to(weight.dtype) * (self.alpha / self.rank)
 
 
 def add_lora(model, rank, alpha, seed):
+    """Registers a LoRADelta on each target Linear of every block; returns {layer name: LoRADelta}."""
+    import torch.nn.utils.parametrize as parametrize
+
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     layers = {}
     for b, block in enumerate(model.blocks):
         for target in LORA_TARGETS:
-            parent_name, child = target.rsplit(".", 1)
-            parent = block.get_submodule(parent_name)
-            lora = LoRALinear(getattr(parent, child) if not child.isdigit() else parent[int(child)], rank, alpha, g)
-            if child.isdigit():
-                parent[int(child)] = lora
-            else:
-                setattr(parent, child, lora)
-            layers[f"blocks.{b}.{target}"] = lora
+            linear = block.get_submodule(target)
+            delta = LoRADelta(linear, rank, alpha, g)
+            parametrize.register_parametrization(linear, "weight", delta)
+            layers[f"blocks.{b}.{target}"] = delta
     return layers
 
 
@@ -316,8 +338,6 @@ def swapped_batch(n, generator, device, drop=0.15):
 
 
 def train_lora(args, device, clock):
-    import train_reference_model as trm
-
     model = load_reference(device).requires_grad_(False)
     layers = add_lora(model, args.lora_rank, args.lora_rank, args.seed + 3)
     params = [p for lora in layers.values() for p in (lora.down, lora.up)]
@@ -328,6 +348,17 @@ def train_lora(args, device, clock):
     g = torch.Generator(device=device).manual_seed(args.seed + 4)
     log = {"loss": [], "rank": args.lora_rank, "parameters": n_params, "swap": SWAP}
     running, t0 = [], clock()
+    with training():
+        _lora_loop(args, model, params, opt, g, device, log, clock, running)
+    log["train_seconds"] = round(clock() - t0, 1)
+    log["eval"] = evaluate_lora(model, device, args.seed + 5, max(16, args.eval_samples // 2))
+    say(f"  held-out: {log['eval']}")
+    return layers, log
+
+
+def _lora_loop(args, model, params, opt, g, device, log, clock, running):
+    import train_reference_model as trm
+
     for i in range(args.lora_steps):
         for group in opt.param_groups:
             group["lr"] = args.lora_lr * min(1.0, (i + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / args.lora_steps)))
@@ -346,10 +377,6 @@ def train_lora(args, device, clock):
             running.clear()
             log["loss"].append([i + 1, round(mean, 5)])
             say(f"  step {i + 1:5d}  loss {mean:.4f}  {clock():6.1f} s")
-    log["train_seconds"] = round(clock() - t0, 1)
-    log["eval"] = evaluate_lora(model, device, args.seed + 5, max(16, args.eval_samples // 2))
-    say(f"  held-out: {log['eval']}")
-    return layers, log
 
 
 @torch.no_grad()
