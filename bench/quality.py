@@ -357,7 +357,10 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="4 samples, 20 steps, 2 thresholds per method (smoke test)")
     ap.add_argument("--no-readme", action="store_true", help="leave README.md alone")
     ap.add_argument("--from-json", type=Path, help="measure nothing: rewrite the outputs from a quality_shapes.json")
+    add_few_step_arguments(ap)
     args = ap.parse_args(argv)
+    if args.few_step_only:
+        return few_step_main(args)
     if args.from_json:
         report(json.loads(args.from_json.read_text()), args.out, args.from_json.stem, readme=not args.no_readme)
         return 0
@@ -393,6 +396,7 @@ def main(argv=None) -> int:
                 "reference_seconds": bench.reference_seconds,
                 "calibrations": {s: {"stats": c["stats"], "teacache": c.get("teacache")} for s, c in calibrations.items()},
                 "points": [asdict(p) for p in points]}
+    add_few_step(measured, args, pack, reference, easycache, samples)
     report(measured, args.out, "quality_shapes_quick" if args.quick else "quality_shapes",
            readme=not (args.quick or args.no_readme))
     print(f"done in {time.time() - t_start:.0f} s")
@@ -469,14 +473,443 @@ def report(measured: dict, out: Path, stem: str, readme: bool) -> None:
           f"per-sample PSNRs.\n\nBest PSNR (and its SSIM) among the swept settings of each method at or above "
           f"each computed-steps speedup:\n\n{table}\n\n## Is MagCache's front above EasyCache's and LazyCache's?\n"
           + "\n".join(verdict) + "\n" + NOTES)
-    (out / f"{stem}.md").write_text(md)
-    print("\n" + table + "\n" + "\n".join(verdict))
+    few_md = few_step_report(measured, out, stem)        # the few-step part (below), "" when not measured
+    (out / f"{stem}.md").write_text(md + few_md)
+    print("\n" + table + "\n" + "\n".join(verdict) + few_md)
     if readme:
         note = (f"{env['samples']} samples (8 prompts × 4 seeds) per point, euler/simple, CFG 4; best PSNR (pooled over "
                 "the samples) among the swept settings at or above each computed-steps speedup. EasyCache\\* is ComfyUI's "
                 "EasyCache given a copy of its input (see below). Full results: "
                 "[docs/benchmarks/quality_shapes.md](docs/benchmarks/quality_shapes.md).")
-        print("README table updated" if update_readme(table, note) else "README has no quality-table markers")
+        note += few_step_readme_note(measured)
+        print("README table updated" if update_readme(table + few_step_readme_table(measured), note)
+              else "README has no quality-table markers")
+
+
+# -- few-step models (issue 11, part 4) ------------------------------------------------------------------
+# The guidance-distilled few-step student of the reference model (demo/distill_few_step.py) at 4, 6 and 8 steps,
+# CFG 1, and the reference model with its palette-swap LoRA (calibrated on the base model vs on the patched one).
+# Kept apart from the functions above: measured into measured["few_step"], reported by few_step_report().
+FEW_STEPS = (4, 6, 8)
+FEW_FILE, LORA_FILE = "magcache_shapes_wan_fewstep.safetensors", "magcache_shapes_wan_palette_lora.safetensors"
+FEW_CFG = 1.0
+FEW_MAG = [0.02, 0.04, 0.08, 0.12, 0.16, 0.22, 0.3, 0.4, 0.5]
+FEW_GRIDS = {
+    "MagCache r0.1 K2": FEW_MAG, "MagCache r0.1 K4": FEW_MAG, "MagCache r0.2 K4": FEW_MAG,
+    "TeaCache": [0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0, 1.5, 2.0],
+    "EasyCache (input copied)": CORE, "LazyCache": CORE,
+}
+FEW_FAMILIES = ("MagCache", "TeaCache", "EasyCache*", "LazyCache", "MagCache, 20-step curve of the base model")
+# What a published preset does on a few-step model: a curve recorded on the base model at 20 steps, resampled.
+FEW_FOREIGN = ("MagCache r0.2 K4", [0.04, 0.12, 0.24])
+# The rule's check (nodes/schedule.py: MIN_STEPS): at a step count, caching "gains without visible loss" when a
+# MagCache or TeaCache setting calibrated on the model reaches GAIN (the smallest speed the nodes offer, 'speed'
+# 1.5x) at a pooled PSNR of at least VISIBLE_DB (the level of the reference model's MagCache at 1.5x, 20 steps).
+GAIN, VISIBLE_DB = 1.5, 30.0
+LORA_STEPS = 20
+LORA_GRIDS = {"MagCache r0.1 K2": MAG, "TeaCache": GRIDS["TeaCache"]}
+LORA_CALIBRATIONS = {"base": "calibrated on the base model", "lora": "calibrated on the patched model"}
+FEW_COLORS = {"MagCache": "#d62728", "TeaCache": "#ff7f0e", "EasyCache*": "#1f77b4", "LazyCache": "#2ca02c",
+              "MagCache, 20-step curve of the base model": "#9467bd"}
+
+
+def _quick_grid(grid: list) -> list:
+    return [grid[1], grid[len(grid) // 2]]
+
+
+class FewStepBench(Bench):
+    """``Bench`` on another model and CFG, with the nodes' few-step minimum switched off (``min_steps`` 0) so that
+    what caching would do is measured; ``calibration`` names the saved calibration each method reads."""
+
+    def __init__(self, pack, reference, easycache, samples, model, cfg: float, log=print):
+        self.pack, self.ref, self.ec = pack, reference, easycache
+        self.samples, self.log, self.base, self.cfg = samples, log, model, cfg
+        self.nodes = pack.NODE_CLASS_MAPPINGS
+        self.reference_images, self.reference_seconds, self.reference_rows = {}, {}, {}
+        self.calibration = {}                      # steps -> {"magcache": name, "teacache": name}
+
+    def patched(self, method: str, threshold: float, steps: int):
+        names = self.calibration[steps]
+        if method.startswith("MagCache"):
+            retention, k = method.split()[1:]
+            return self.nodes["MagCacheApply"]().apply(self.base, f"calibration: {names['magcache']}", threshold,
+                                                       float(retention[1:]), int(k[1:]), min_steps=0)[0]
+        if method == "TeaCache":
+            return self.nodes["TeaCacheApply"]().apply(self.base, f"calibration: {names['teacache']}", threshold,
+                                                       min_steps=0)[0]
+        return super().patched(method, threshold, steps)
+
+    def calibrate_as(self, name: str, steps: int) -> dict:
+        model = self.nodes["MagCacheCalibrate"]().calibrate(self.base, name)[0]
+        self.ref.sample(model, CALIBRATION_PROMPT, CALIBRATION_SEED, steps, self.cfg, SAMPLER, SCHEDULER)
+        import comfyui_magcache.nodes.magcache_nodes as mn
+        return mn.calibration_store().load(name)
+
+    def run(self, model, steps: int):
+        counter = RowCounter(model)
+        images, seconds = [], 0.0
+        try:
+            for prompt, seed in self.samples:
+                t0 = time.perf_counter()
+                latent = self.ref.sample(model, prompt, seed, steps, self.cfg, SAMPLER, SCHEDULER)
+                seconds += time.perf_counter() - t0
+                images.append(self.ref.decode(latent)[0])
+        finally:
+            counter.close()
+        return images, seconds, counter.rows
+
+    def measure(self, method: str, threshold: float, steps: int, family: str | None = None) -> Point:
+        p = self.point(method, threshold, steps)
+        if family is not None:
+            p.method = family
+        self.log(f"  {p.method:28} {method:18} {threshold:<5} computed {p.computed_speedup:5.2f}x  "
+                 f"wall {p.wall_speedup:5.2f}x  PSNR {p.psnr:6.2f} (min {p.psnr_min:6.2f})  SSIM {p.ssim:.4f}")
+        return p
+
+    def node_default(self, steps: int) -> dict:
+        """What MagCacheApply and TeaCacheApply do at their default min_steps: block rows of one sample against
+        uncached, and the reason they give."""
+        import comfyui_magcache.nodes.schedule as schedule
+        prompt, seed = self.samples[0]
+        out = {"min_steps": schedule.MIN_STEPS, "reason": schedule.too_few_steps(steps, schedule.MIN_STEPS)}
+        uncached = RowCounter(self.base)
+        try:
+            self.ref.sample(self.base, prompt, seed, steps, self.cfg, SAMPLER, SCHEDULER)
+        finally:
+            uncached.close()
+        names = self.calibration[steps]
+        for key, model in (
+                ("magcache", self.nodes["MagCacheApply"]().apply(self.base, f"calibration: {names['magcache']}", 0.5,
+                                                                 0.1, 4)[0]),
+                ("teacache", self.nodes["TeaCacheApply"]().apply(self.base, f"calibration: {names['teacache']}",
+                                                                 2.0)[0])):
+            counter = RowCounter(model)
+            try:
+                self.ref.sample(model, prompt, seed, steps, self.cfg, SAMPLER, SCHEDULER)
+            finally:
+                counter.close()
+            out[f"{key}_computed_speedup"] = round(uncached.rows / max(counter.rows, 1), 4)
+        return out
+
+
+def _calibration_summary(doc: dict) -> dict:
+    return {"stats": doc["stats"], "teacache": doc.get("teacache"), "teacache_error": doc.get("teacache_error")}
+
+
+def measure_few_step(pack, reference, easycache, samples, quick: bool, log=print, model_path=None, lora_path=None,
+                     lora: bool = True) -> dict:
+    """Both few-step benchmarks; returns measured["few_step"] (points as dicts)."""
+    import folder_paths
+    import nodes as comfy_nodes              # ComfyUI's own nodes.py: LoraLoaderModelOnly
+    from comfyui_magcache.magcache_core import fit_coefficients
+    import comfyui_magcache.nodes.magcache_nodes as mn
+
+    t0 = time.time()
+    model_path = Path(model_path or reference.FEW_STEP_PATH)
+    lora_path = Path(lora_path or reference.LORA_PATH)
+    steps_list = [4, 8] if quick else list(FEW_STEPS)
+    grids = {m: _quick_grid(g) for m, g in FEW_GRIDS.items()} if quick else FEW_GRIDS
+    out = {"model": model_path.name, "cfg": FEW_CFG, "grids": grids, "steps": steps_list, "calibrations": {},
+           "node_default": {}, "points": []}
+    bench = FewStepBench(pack, reference, easycache, samples, reference.load(model_path), FEW_CFG, log)
+    for steps in steps_list:
+        out["calibrations"][steps] = _calibration_summary(bench.calibrate_as(f"fewstep_{steps}", steps))
+    # TeaCache: a 4- or 6-step CFG-1 run has too few steps for a 4th-order fit (MagCacheCalibrate says so); the
+    # polynomial is fitted to the calibration runs of every step count pooled, and serves each of them.
+    pooled = fit_coefficients({f"{kind}@{steps}": s for steps, c in out["calibrations"].items()
+                               for kind, s in c["stats"].items()})
+    last = max(steps_list)
+    mn.calibration_store().save("fewstep_tea", "wan", last, out["calibrations"][last]["stats"], {"teacache": pooled})
+    out["teacache_pooled"] = pooled
+    # The base model's 20-step calibration under a name of its own, as a preset stands for another model's curve.
+    base_doc = FewStepBench(pack, reference, easycache, samples, reference.load(), CFG, log).calibrate_as(
+        "fewstep_base_curve", 20)
+    out["base_curve"] = {"steps": 20, "cfg": CFG, "ratios": base_doc["mag_ratios"]}
+    log(f"[few-step] calibrated {steps_list}; pooled TeaCache fit rmse {pooled['rmse']} ({time.time() - t0:.0f} s)")
+    for steps in steps_list:
+        bench.calibration[steps] = {"magcache": f"fewstep_{steps}", "teacache": "fewstep_tea"}
+        bench.uncached(steps)
+        out["node_default"][steps] = bench.node_default(steps)
+        log(f"[few-step {steps} steps] nodes at their defaults: {out['node_default'][steps]}")
+        for method, grid in grids.items():
+            for threshold in grid:
+                out["points"].append(asdict(bench.measure(method, threshold, steps)))
+        bench.calibration[steps] = {"magcache": "fewstep_base_curve"}
+        method, grid = FEW_FOREIGN
+        for threshold in (grid[1:2] if quick else grid):
+            out["points"].append(asdict(bench.measure(method, threshold, steps, FEW_FAMILIES[-1])))
+    out["points_seconds"] = round(time.time() - t0)
+    if not lora:
+        out["seconds"] = out["points_seconds"]
+        return out
+
+    # The LoRA: calibrated on the base model vs on the patched model, both applied to the patched model.
+    folder_paths.add_model_folder_path("loras", str(lora_path.parent))
+    base = reference.load()
+    patched = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(base, lora_path.name, 1.0)[0]
+    lora = FewStepBench(pack, reference, easycache, samples, base, CFG, log)
+    base_doc = lora.calibrate_as(f"lora_base_{LORA_STEPS}", LORA_STEPS)
+    lora.base = patched
+    lora_doc = lora.calibrate_as(f"lora_patched_{LORA_STEPS}", LORA_STEPS)
+    base_images = FewStepBench(pack, reference, easycache, samples, base, CFG, log).run(base, LORA_STEPS)[0]
+    lora.uncached(LORA_STEPS)
+    import metrics
+    change = metrics.psnr(torch.stack(lora.reference_images[LORA_STEPS]), torch.stack(base_images))
+    curves = {kind: round(max(abs(a - b) for a, b in zip(base_doc["stats"][kind]["ratio"], lora_doc["stats"][kind]["ratio"])), 5)
+              for kind in base_doc["stats"] if kind in lora_doc["stats"]}
+    out["lora"] = {"file": lora_path.name, "strength": 1.0, "steps": LORA_STEPS, "cfg": CFG,
+                   "patch_psnr_to_base": pooled_psnr(change), "max_ratio_difference": curves,
+                   "calibrations": {"base": _calibration_summary(base_doc), "lora": _calibration_summary(lora_doc)},
+                   "points": []}
+    log(f"[LoRA] the patch changes the uncached image to {pooled_psnr(change):.2f} dB of the base model's; "
+        f"calibration curves differ by at most {curves}")
+    lora_grids = {m: _quick_grid(g) for m, g in LORA_GRIDS.items()} if quick else LORA_GRIDS
+    for which, label in LORA_CALIBRATIONS.items():
+        lora.calibration[LORA_STEPS] = {"magcache": f"lora_{'base' if which == 'base' else 'patched'}_{LORA_STEPS}"}
+        lora.calibration[LORA_STEPS]["teacache"] = lora.calibration[LORA_STEPS]["magcache"]
+        for method, grid in lora_grids.items():
+            for threshold in grid:
+                family = f"{FAMILY[method]}, {label}"
+                out["lora"]["points"].append(asdict(lora.measure(method, threshold, LORA_STEPS, family)))
+    out["seconds"] = round(time.time() - t0)
+    return out
+
+
+def add_few_step_arguments(ap) -> None:
+    ap.add_argument("--few-step-only", action="store_true", help="measure only the few-step part (the few-step model "
+                    "and the LoRA) and merge it into the existing quality_shapes.json")
+    ap.add_argument("--no-few-step", action="store_true", help="leave the few-step part out")
+    ap.add_argument("--few-step-model", type=Path, help="the few-step model (default demo/models/" + "%s)" % FEW_FILE)
+    ap.add_argument("--lora", type=Path, help="the LoRA of the reference model (default demo/models/%s)" % LORA_FILE)
+    ap.add_argument("--no-lora", action="store_true", help="few-step part: leave the LoRA benchmark out")
+
+
+def add_few_step(measured: dict, args, pack, reference, easycache, samples) -> None:
+    """The full run's few-step part, into measured["few_step"] (left out with --no-few-step)."""
+    if args.no_few_step:
+        return
+    measured["few_step"] = measure_few_step(pack, reference, easycache, samples, args.quick,
+                                            model_path=args.few_step_model, lora_path=args.lora, lora=not args.no_lora)
+    measured["few_step"]["environment"] = dict(measured["environment"])
+
+
+def few_step_readme_table(measured: dict) -> str:
+    few = measured.get("few_step")
+    return "\n\n" + few_step_tables(few) if few and few.get("points") else ""
+
+
+def few_step_readme_note(measured: dict) -> str:
+    few = measured.get("few_step")
+    if not few or not few.get("points"):
+        return ""
+    return (" Few-step rows: the few-step model (a guidance-distilled student of the reference model) at CFG 1, "
+            "measured with the nodes' `min_steps` 0; at their default they compute every step of these schedules "
+            "(*Few-step models* below). LoRA rows: the reference model with a palette-swap LoRA, calibrated before "
+            "(base model) or after the patch.")
+
+
+def few_step_main(args) -> int:
+    """--few-step-only: measures the few-step part and merges it into --out's quality_shapes.json (whose other
+    measurements are kept), then rewrites every output from it."""
+    stem = "quality_shapes_quick" if args.quick else "quality_shapes"
+    path = args.out / f"{stem}.json"
+    measured = json.loads(path.read_text()) if path.exists() else None
+    if measured is None:
+        print(f"{path} does not exist: run bench/quality.py without --few-step-only first", file=sys.stderr)
+        return 2
+    if args.quick:
+        args.prompts, args.seeds = 4, 1
+    logging.getLogger("comfyui-magcache").setLevel(logging.WARNING)
+    pack, reference, easycache = setup_comfy(tempfile.mkdtemp(prefix="magcache-bench-user-"))
+    torch.set_grad_enabled(False)
+    samples = [(p, s) for s in range(args.seeds) for p in reference.prompts(args.prompts)]
+    measured["few_step"] = measure_few_step(pack, reference, easycache, samples, args.quick, model_path=args.few_step_model,
+                                            lora_path=args.lora, lora=not args.no_lora)
+    measured["few_step"]["environment"] = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(),
+                                           "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+                                           "samples": len(samples)}
+    report(measured, args.out, stem, readme=not (args.quick or args.no_readme))
+    return 0
+
+
+def _few_points(few: dict, key: str = "points") -> list[Point]:
+    return [Point.from_dict(p) for p in few.get(key, [])]
+
+
+def _best(pts: list[Point], lo: float) -> Point | None:
+    ok = [p for p in pts if p.computed_speedup >= lo]
+    return max(ok, key=lambda p: p.psnr) if ok else None
+
+
+def few_step_verdict(few: dict, min_steps: int | None = None) -> dict:
+    """Per measured step count: the best pooled PSNR of a calibrated MagCache / TeaCache setting at >= GAIN, whether
+    that is without visible loss (>= VISIBLE_DB); the smallest min_steps that leaves every failing count uncached and
+    every passing one cached; whether the nodes' MIN_STEPS agrees."""
+    if min_steps is None:
+        from comfyui_magcache.nodes.schedule import MIN_STEPS as min_steps
+    points = [p for p in _few_points(few) if p.method in ("MagCache", "TeaCache")]
+    rows, failing, passing = {}, [], []
+    for steps in few.get("steps", []):
+        best = _best([p for p in points if p.steps == steps], GAIN)
+        ok = best is not None and best.psnr >= VISIBLE_DB
+        rows[steps] = {"best_psnr": best.psnr if best else None, "method": best.setting if best else None,
+                       "speedup": best.computed_speedup if best else None, "gains_without_visible_loss": ok}
+        (passing if ok else failing).append(steps)
+    recommended = max(failing) + 1 if failing else 0
+    agrees = all(s < min_steps for s in failing) and all(s >= min_steps for s in passing)
+    return {"gain": GAIN, "visible_db": VISIBLE_DB, "per_steps": rows, "recommended_min_steps": recommended,
+            "consistent": not passing or recommended <= min(passing), "nodes_min_steps": min_steps,
+            "nodes_agree": agrees}
+
+
+def verdict_text(v: dict) -> str:
+    parts = []
+    for steps, r in v["per_steps"].items():
+        best = (f"best {r['best_psnr']:.1f} dB ({r['method']}, {r['speedup']:.2f}×)" if r["best_psnr"] is not None
+                else f"no setting reaches {v['gain']}×")
+        parts.append(f"{steps} steps: {best} → " + ("gains without visible loss" if r["gains_without_visible_loss"]
+                                                      else "cannot gain without visible loss"))
+    return (f"**The rule's check.** Caching gains without visible loss at a step count when a calibrated MagCache or "
+            f"TeaCache setting reaches ≥{v['gain']}× computed speedup at ≥{v['visible_db']:g} dB pooled PSNR. "
+            + "; ".join(parts) + f". Smallest min_steps these measurements call for: {v['recommended_min_steps']}; "
+            f"the nodes' default min_steps is {v['nodes_min_steps']}: "
+            + ("consistent with them." if v["nodes_agree"] else "NOT consistent with them (nodes/schedule.py: MIN_STEPS)."))
+
+
+def few_step_tables(few: dict) -> str:
+    """Markdown: the few-step model's fronts at 4-8 steps, and the LoRA's two calibrations at 20 steps."""
+    def cell(p):
+        return f"{p.psnr:.1f} dB ({p.ssim:.3f})" if p else "–"
+
+    points = _few_points(few)
+    lines = ["| steps | method | best PSNR with any skip (its speedup) | PSNR at ≥1.5× (SSIM) | PSNR at ≥2.0× (SSIM) "
+             "| max computed speedup | nodes at their defaults |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for steps in few.get("steps", []):
+        default = few.get("node_default", {}).get(str(steps)) or few.get("node_default", {}).get(steps) or {}
+        for method in FEW_FAMILIES:
+            pts = [p for p in points if p.method == method and p.steps == steps]
+            if not pts:
+                continue
+            skipping = [p for p in pts if p.computed_speedup > 1.0]
+            any_skip = max(skipping, key=lambda p: p.psnr) if skipping else None
+            own = ""
+            if method in ("MagCache", "TeaCache") and default:
+                x = default.get(f"{method.lower()}_computed_speedup")
+                own = f"every step computed ({x:.2f}×)" if x == 1.0 else f"{x:.2f}×"
+            lines.append(f"| {steps} (few-step model, CFG 1) | {method} | "
+                         + (f"{any_skip.psnr:.1f} dB at {any_skip.computed_speedup:.2f}×" if any_skip else "–")
+                         + f" | {cell(_best(pts, 1.5))} | {cell(_best(pts, 2.0))} | "
+                         f"{max(p.computed_speedup for p in pts):.2f}× | {own} |")
+    lora = few.get("lora")
+    if lora:
+        lp = _few_points(lora)
+        lines += ["", f"| LoRA ({lora['steps']} steps, CFG {lora['cfg']:g}) | calibration | PSNR at ≥1.5× (SSIM) | "
+                      "PSNR at ≥2.0× (SSIM) | PSNR at ≥2.5× (SSIM) | max computed speedup |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for family in dict.fromkeys(p.method for p in lp):
+            pts = [p for p in lp if p.method == family]
+            method, label = family.split(", ", 1)
+            lines.append(f"| {method} | {label} | {cell(_best(pts, 1.5))} | {cell(_best(pts, 2.0))} | "
+                         f"{cell(_best(pts, 2.5))} | {max(p.computed_speedup for p in pts):.2f}× |")
+    return "\n".join(lines)
+
+
+def plot_few_step(few: dict, main_png: Path, key: str = "computed_speedup") -> None:
+    """Adds a row of panels under ``main_png`` (the Pareto plot): the few-step model at each step count and the
+    LoRA's two calibrations."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    points, lora = _few_points(few), few.get("lora")
+    panels = [(f"few-step model, {s} steps, CFG 1", [p for p in points if p.steps == s], FEW_COLORS) for s in few["steps"]]
+    if lora:
+        lp = _few_points(lora)
+        colors = {}
+        for family in dict.fromkeys(p.method for p in lp):
+            base = FEW_COLORS[family.split(",")[0]]
+            colors[family] = base if "base" in family else "#7f3f98" if base == FEW_COLORS["MagCache"] else "#8c564b"
+        panels.append((f"reference + palette LoRA, {lora['steps']} steps", lp, colors))
+    main = Image.open(main_png)
+    width = main.width / 110
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.4), squeeze=False)
+    for ax, (title, pts, colors) in zip(axes[0], panels):
+        for method, color in colors.items():
+            mine = sorted((p for p in pts if p.method == method), key=lambda p: getattr(p, key))
+            if not mine:
+                continue
+            ax.scatter([getattr(p, key) for p in mine], [min(p.psnr, 60) for p in mine], s=14, color=color, alpha=0.45)
+            xs = sorted({getattr(p, key) for p in mine})
+            ax.step(xs, [min(front(mine, x, key), 60) for x in xs], where="pre", color=color, label=method, lw=1.8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlim(0.95, max(3.05, min(5.0, max((getattr(p, key) for p in pts), default=3.0) + 0.1)))
+        ax.set_ylim(5, 60)
+        ax.set_xlabel("computed-steps speedup" if key == "computed_speedup" else "wall-clock speedup (CPU)")
+        ax.set_ylabel("PSNR to uncached, dB (pooled)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Few-step model (guidance-distilled student of the reference model) and a LoRA of the reference model")
+    fig.tight_layout()
+    row_png = main_png.with_name(main_png.stem + "_row.png")
+    fig.savefig(row_png, dpi=110)
+    plt.close(fig)
+    row = Image.open(row_png)
+    both = Image.new("RGB", (max(main.width, row.width), main.height + row.height), "white")
+    both.paste(main.convert("RGB"), (0, 0))
+    both.paste(row.convert("RGB"), (0, main.height))
+    both.save(main_png)
+    row_png.unlink()
+
+
+def write_few_step_csv(few: dict, path: Path) -> None:
+    cols = ["model"] + [f for f in Point.__dataclass_fields__ if f != "per_sample_psnr"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        parts = [(few["model"], _few_points(few))]
+        if few.get("lora"):
+            parts.append(("reference + " + few["lora"]["file"], _few_points(few["lora"])))
+        for model, pts in parts:
+            for p in pts:
+                w.writerow([model] + [getattr(p, c) for c in cols[1:]])
+
+
+FEW_NOTES = """
+- **Few-step model.** `demo/models/{model}`: the reference model distilled into a student that samples in 4-8 euler
+  steps without CFG (`demo/distill_few_step.py`, `demo/models/MODEL_CARD.md`), sampled here at CFG 1, euler /
+  simple, the same prompts and seeds. Every method is compared with the student's own uncached image. MagCache
+  reads a MagCacheCalibrate run of the student at the same step count (CFG 1); TeaCache reads one polynomial
+  fitted to those runs pooled (a 4- or 6-step CFG-1 run has too few steps for a 4th-order fit of its own). The
+  pack's nodes are measured with `min_steps 0` (cache runs of any length); the last column says what they do at
+  their default, which computes every step of these schedules.
+- **LoRA.** The reference model with `demo/models/{lora}` (rank 8 on every block matrix, a palette swap) at
+  strength 1 through ComfyUI's LoraLoaderModelOnly, 20 steps, CFG 4. MagCache / TeaCache read a calibration made
+  on the base model (before the patch) or on the patched model (after it); both are applied to the patched model
+  and compared with its uncached image.
+"""
+
+
+def few_step_report(measured: dict, out: Path, stem: str) -> str:
+    """The few-step part of the outputs: its CSV, its row of panels in both Pareto plots; returns its markdown
+    (tables and notes), which the report appends to the .md and the README table. Empty when nothing was measured."""
+    few = measured.get("few_step")
+    if not few or not few.get("points"):
+        return ""
+    write_few_step_csv(few, out / f"{stem}_fewstep.csv")
+    plot_few_step(few, out / f"{stem.replace('shapes', 'pareto')}.png")
+    plot_few_step(few, out / f"{stem.replace('shapes', 'pareto')}_wall.png", key="wall_speedup")
+    lora = few.get("lora", {})
+    head = (f"\n\n## Few-step models\n\nThe few-step model at {', '.join(map(str, few['steps']))} steps "
+            f"({few.get('environment', {}).get('samples', '?')} samples per point) and the reference model with a LoRA "
+            f"(the patch changes the uncached image to {lora.get('patch_psnr_to_base', float('nan')):.1f} dB of the base "
+            f"model's; the two calibrations' ratio curves differ by at most {lora.get('max_ratio_difference')}). "
+            f"CSV: `{stem}_fewstep.csv`.\n\n")
+    verdict = few_step_verdict(few)
+    print(verdict_text(verdict))
+    return (head + few_step_tables(few) + "\n\n" + verdict_text(verdict) + "\n"
+            + FEW_NOTES.format(model=few["model"], lora=lora.get("file", "")))
 
 
 if __name__ == "__main__":
