@@ -20,6 +20,12 @@ in README.md between its quality-table markers.
     python bench/quality.py                     (about 40 minutes on two CPU cores)
     python bench/quality.py --quick             (4 samples, 20 steps, 2 thresholds: a smoke test)
     python bench/quality.py --from-json docs/benchmarks/quality_shapes.json   (re-plot, measure nothing)
+    python bench/quality.py --few-step-only     (only the few-step part, merged into the existing JSON; below)
+
+The few-step part (measured["few_step"]; functions after report()): the few-step model
+(demo/models/magcache_shapes_wan_fewstep.safetensors, from demo/distill_few_step.py) at 4, 6 and 8 steps,
+CFG 1, and the reference model with its palette LoRA, calibrated before vs after the patch. Left out, with a
+notice, while those files are missing (or with --no-few-step).
 """
 from __future__ import annotations
 
@@ -684,9 +690,18 @@ def add_few_step_arguments(ap) -> None:
     ap.add_argument("--no-lora", action="store_true", help="few-step part: leave the LoRA benchmark out")
 
 
+def _missing_few_step_files(args, reference) -> str:
+    files = [Path(args.few_step_model or reference.FEW_STEP_PATH)] + ([] if args.no_lora else [Path(args.lora or reference.LORA_PATH)])
+    return ", ".join(str(f) for f in files if not f.is_file())
+
+
 def add_few_step(measured: dict, args, pack, reference, easycache, samples) -> None:
     """The full run's few-step part, into measured["few_step"] (left out with --no-few-step)."""
     if args.no_few_step:
+        return
+    missing = _missing_few_step_files(args, reference)
+    if missing:
+        print(f"few-step part left out: {missing} missing (python demo/distill_few_step.py makes them)", flush=True)
         return
     measured["few_step"] = measure_few_step(pack, reference, easycache, samples, args.quick,
                                             model_path=args.few_step_model, lora_path=args.lora, lora=not args.no_lora)
@@ -722,6 +737,10 @@ def few_step_main(args) -> int:
     logging.getLogger("comfyui-magcache").setLevel(logging.WARNING)
     pack, reference, easycache = setup_comfy(tempfile.mkdtemp(prefix="magcache-bench-user-"))
     torch.set_grad_enabled(False)
+    missing = _missing_few_step_files(args, reference)
+    if missing:
+        print(f"{missing} missing: python demo/distill_few_step.py makes them", file=sys.stderr)
+        return 2
     samples = [(p, s) for s in range(args.seeds) for p in reference.prompts(args.prompts)]
     measured["few_step"] = measure_few_step(pack, reference, easycache, samples, args.quick, model_path=args.few_step_model,
                                             lora_path=args.lora, lora=not args.no_lora)
