@@ -106,3 +106,22 @@ def test_min_steps_is_checked_and_shown(model):
     assert out["ui"]["magcache"][0]["settings"].endswith(", runs of any length")
     out = MagCacheApply().apply(model, "auto", 0.2, 0.2, 4, min_steps=6)
     assert out["ui"]["magcache"][0]["settings"].endswith(", min_steps 6")
+
+
+def test_the_benchmark_checks_the_default_against_its_measurements():
+    """bench/quality.py few_step_verdict: a step count "gains without visible loss" when a calibrated MagCache or
+    TeaCache point reaches 1.5x at >= 30 dB; the smallest min_steps leaving the failing counts uncached follows."""
+    import quality
+
+    def point(method, steps, speedup, psnr):
+        return {"method": method, "setting": method, "threshold": 0.1, "steps": steps, "computed_speedup": speedup,
+                "wall_speedup": 1.0, "psnr": psnr, "psnr_mean": psnr, "psnr_min": psnr, "ssim": 0.9, "mae": 0.01,
+                "samples": 8, "per_sample_psnr": [psnr] * 8}
+    few = {"steps": [4, 6, 8], "points": [
+        point("MagCache", 4, 1.33, 37.0), point("MagCache", 4, 2.0, 23.0), point("LazyCache", 4, 1.6, 31.0),
+        point("TeaCache", 6, 1.5, 34.8), point("MagCache", 8, 1.6, 34.5)]}
+    v = quality.few_step_verdict(few, min_steps=5)
+    assert [v["per_steps"][s]["gains_without_visible_loss"] for s in (4, 6, 8)] == [False, True, True]
+    assert v["recommended_min_steps"] == 5 and v["nodes_agree"]
+    assert not quality.few_step_verdict(few, min_steps=10)["nodes_agree"]
+    assert "cannot gain without visible loss" in quality.verdict_text(v)
