@@ -65,10 +65,15 @@ class CalibrationRecorder:
             return torch.zeros((), device=cur.device)
         return relative_l1(cur, prev).reshape(())
 
-    def record_input(self, kind: int, step: int, value: torch.Tensor) -> None:
+    def add_input(self, kind: int, step: int, value: torch.Tensor) -> None:
         """``input_change``'s value for an entry of ``kind`` at ``step``."""
         with self._lock:
             self._input_rows[kind][step].append(value)
+
+    def record_input(self, key: Hashable, kind: int, step: int, indicator: torch.Tensor) -> None:
+        """TeaCache's indicator for ``key`` at ``step``: ``input_change`` then ``add_input`` (a host that records
+        where it also computes; the run splits the two, see ``run.py``)."""
+        self.add_input(kind, step, self.input_change(key, indicator))
 
     def result(self) -> dict[str, dict[str, list[float]]]:
         """``{"cond": {"ratio": [...], "std": [...], "cos": [...], "l1": [...]}, "uncond": {...}}``, one value

@@ -306,7 +306,7 @@ class RunState:
             for i in computed:
                 if ctx.own[i]:                 # the curve is the sampler's own evaluations, no extra calls
                     if ctx.input_l1 is not None:
-                        self.recorder.record_input(ctx.kinds[i], ctx.step, ctx.input_l1[i])
+                        self.recorder.add_input(ctx.kinds[i], ctx.step, ctx.input_l1[i])
                     self.recorder.record(ctx.keys[i], ctx.kinds[i], ctx.step, res_chunks[i])
 
     @staticmethod
