@@ -337,7 +337,7 @@ def swapped_batch(n, generator, device, drop=0.15):
     return x0, ctx * keep, color
 
 
-def train_lora(args, device, clock):
+def train_lora(args, device, clock, deadline=float("inf")):
     model = load_reference(device).requires_grad_(False)
     layers = add_lora(model, args.lora_rank, args.lora_rank, args.seed + 3)
     params = [p for lora in layers.values() for p in (lora.down, lora.up)]
@@ -349,19 +349,20 @@ def train_lora(args, device, clock):
     log = {"loss": [], "rank": args.lora_rank, "parameters": n_params, "swap": SWAP}
     running, t0 = [], clock()
     with training():
-        _lora_loop(args, model, params, opt, g, device, log, clock, running)
+        log["steps"] = _lora_loop(args, model, params, opt, g, device, log, clock, running, deadline)
     log["train_seconds"] = round(clock() - t0, 1)
     log["eval"] = evaluate_lora(model, device, args.seed + 5, max(16, args.eval_samples // 2))
     say(f"  held-out: {log['eval']}")
     return layers, log
 
 
-def _lora_loop(args, model, params, opt, g, device, log, clock, running):
+def _lora_loop(args, model, params, opt, g, device, log, clock, running, deadline) -> int:
     import train_reference_model as trm
 
-    for i in range(args.lora_steps):
+    steps, t0, i = args.lora_steps, clock(), 0
+    while i < steps:
         for group in opt.param_groups:
-            group["lr"] = args.lora_lr * min(1.0, (i + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / args.lora_steps)))
+            group["lr"] = args.lora_lr * min(1.0, (i + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / steps)))
         x0, ctx, _ = swapped_batch(args.lora_batch, g, device)
         sigma = trm.sample_sigmas(args.lora_batch, g, device)
         noise = torch.randn(x0.shape, generator=g, device=device)
@@ -372,11 +373,20 @@ def _lora_loop(args, model, params, opt, g, device, log, clock, running):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         running.append(loss.detach())
-        if (i + 1) % args.log_every == 0 or i + 1 == args.lora_steps:
+        if i + 1 == 20 and steps > 40:
+            per = (clock() - t0) / 20
+            fit = int((deadline - clock() - 10) / per)
+            if fit < steps - 20:
+                steps = max(20 + fit, 40)
+                say(f"  [budget] {per * 1000:.0f} ms per step: training the LoRA {steps} steps")
+            say(f"  LoRA: {per * 1000:.0f} ms per step; ETA {per * (steps - 20):.0f} s, whole run ~{clock() + per * (steps - 20) + 5:.0f} s")
+        if (i + 1) % args.log_every == 0 or i + 1 == steps:
             mean = float(torch.stack(running).mean())
             running.clear()
             log["loss"].append([i + 1, round(mean, 5)])
             say(f"  step {i + 1:5d}  loss {mean:.4f}  {clock():6.1f} s")
+        i += 1
+    return steps
 
 
 @torch.no_grad()
@@ -473,13 +483,16 @@ def main(argv=None) -> int:
     say(f"distill_few_step on {device} ({env['gpu'] or 'cpu'}), torch {torch.__version__}, budget {args.budget_s:.0f} s")
     say(f"  few-step grids (simple, shift {SHIFT}): " + "; ".join(
         f"{n}: {[round(s, 4) for s in simple_sigmas(n)]}" for n in GRIDS))
+    say(f"  plan: teacher {args.trajectories} + {args.eval_samples} trajectories ({args.teacher_steps}-step schedule), "
+        f"student {args.steps} steps of batch {args.batch}, LoRA {args.lora_steps} steps of batch {args.lora_batch}; "
+        "an ETA follows the first teacher chunk and the first 20 training steps")
     torch.backends.cuda.matmul.allow_tf32 = True
     if not args.skip_student:
         student, log = train_student(args, device, clock, deadline)
         save_student(student, args.out_dir / STUDENT_FILE, dict(log, **env, seconds=round(clock(), 1)))
         del student
     if not args.skip_lora:
-        layers, log = train_lora(args, device, clock)
+        layers, log = train_lora(args, device, clock, deadline)
         save_lora(layers, args.out_dir / LORA_FILE, dict(log, **env, seconds=round(clock(), 1)))
     say(f"done in {clock():.0f} s")
     return 0
