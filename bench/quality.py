@@ -764,8 +764,9 @@ def few_step_verdict(few: dict, min_steps: int | None = None) -> dict:
     """Per measured step count: the best pooled PSNR of a calibrated MagCache / TeaCache setting at >= GAIN, whether
     that is without visible loss (>= VISIBLE_DB); the smallest min_steps that leaves every failing count uncached and
     every passing one cached; whether the nodes' MIN_STEPS agrees."""
-    if min_steps is None:
-        from comfyui_magcache.nodes.schedule import MIN_STEPS as min_steps
+    if min_steps is None:          # read, not imported: --from-json sets up no ComfyUI
+        import re
+        min_steps = int(re.search(r"^MIN_STEPS = (\d+)", (ROOT / "nodes" / "schedule.py").read_text(), re.M)[1])
     points = [p for p in _few_points(few) if p.method in ("MagCache", "TeaCache")]
     rows, failing, passing = {}, [], []
     for steps in few.get("steps", []):
@@ -862,6 +863,8 @@ def plot_few_step(few: dict, main_png: Path, key: str = "computed_speedup") -> N
             ax.scatter([getattr(p, key) for p in mine], [min(p.psnr, 60) for p in mine], s=14, color=color, alpha=0.45)
             xs = sorted({getattr(p, key) for p in mine})
             ax.step(xs, [min(front(mine, x, key), 60) for x in xs], where="pre", color=color, label=method, lw=1.8)
+        ax.axhline(VISIBLE_DB, ls="--", lw=0.8, color="0.5")        # the rule's check: 30 dB at 1.5x
+        ax.axvline(GAIN, ls="--", lw=0.8, color="0.5")
         ax.set_title(title, fontsize=10)
         ax.set_xlim(0.95, max(3.05, min(5.0, max((getattr(p, key) for p in pts), default=3.0) + 0.1)))
         ax.set_ylim(5, 60)
@@ -920,10 +923,11 @@ def few_step_report(measured: dict, out: Path, stem: str) -> str:
     plot_few_step(few, out / f"{stem.replace('shapes', 'pareto')}.png")
     plot_few_step(few, out / f"{stem.replace('shapes', 'pareto')}_wall.png", key="wall_speedup")
     lora = few.get("lora", {})
+    with_lora = (f" and the reference model with a LoRA (the patch changes the uncached image to "
+                 f"{lora['patch_psnr_to_base']:.1f} dB of the base model's; the two calibrations' ratio curves differ "
+                 f"by at most {lora['max_ratio_difference']})") if lora else ""
     head = (f"\n\n## Few-step models\n\nThe few-step model at {', '.join(map(str, few['steps']))} steps "
-            f"({few.get('environment', {}).get('samples', '?')} samples per point) and the reference model with a LoRA "
-            f"(the patch changes the uncached image to {lora.get('patch_psnr_to_base', float('nan')):.1f} dB of the base "
-            f"model's; the two calibrations' ratio curves differ by at most {lora.get('max_ratio_difference')}). "
+            f"({few.get('environment', {}).get('samples', '?')} samples per point){with_lora}. "
             f"CSV: `{stem}_fewstep.csv`.\n\n")
     verdict = few_step_verdict(few)
     print(verdict_text(verdict))
