@@ -56,7 +56,7 @@ class _Run:
     schedule: list[float]             # the distinct timesteps, in order: step i is schedule[i]
     source: torch.Tensor              # the timesteps they were read from (new ones: a new pipeline call)
     values: torch.Tensor              # the distinct timesteps in their own dtype
-    passed: dict = field(default_factory=dict)      # dtype -> each step's timestep as the transformer gets it
+    passed: dict = field(default_factory=dict)      # dtype -> {timestep as the transformer gets it: its steps}
     last_step: int = -1
     calls_at: dict = field(default_factory=dict)    # timestep -> calls without a context name so far
     names: dict = field(default_factory=dict)       # other context names -> kind (2, 3, ...)
@@ -228,7 +228,8 @@ class CacheHandle:
             return self._run
         self._end_run()
         values = torch.as_tensor(ts).flatten()
-        keep = [0] + [i for i in range(1, len(values)) if values[i] != values[i - 1]]    # 2nd-order: repeats in a row
+        keep = torch.ones(len(values), dtype=torch.bool)
+        keep[1:] = values[1:] != values[:-1]         # 2nd-order schedulers list a step's timestep twice in a row
         values = values[keep]
         schedule = [float(v) for v in values.tolist()]
         if any(a <= b for a, b in zip(schedule, schedule[1:])):
@@ -255,9 +256,11 @@ class CacheHandle:
         if passed is None:
             cast = run.values.to(t.dtype)
             scale = self.arch.timestep_scale
-            passed = run.passed[t.dtype] = (cast / scale if scale != 1 else cast).float().tolist()
+            passed = run.passed[t.dtype] = {}
+            for i, v in enumerate((cast / scale if scale != 1 else cast).float().tolist()):
+                passed.setdefault(v, []).append(i)
         value = float(t)
-        hits = [i for i, v in enumerate(passed) if v == value]
+        hits = passed.get(value, [])
         if len(hits) > 1:                # neighbouring steps the dtype cannot tell apart: ask the scheduler
             at = self._scheduler_position(run)
             if at in hits:
