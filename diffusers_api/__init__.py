@@ -110,7 +110,6 @@ def calibrate(transformer, path, *, scheduler, batched_cfg: bool = False):
     arch = architecture_of(transformer)
     schedule = _schedule(scheduler)
     store, name = _file("path", path)
-    store.path(name, "path")
     config = RunConfig("calibrate", label=f"saves {name!r}")
     return _attach(transformer, arch, config, schedule, batched_cfg, store, name)
 

@@ -8,7 +8,7 @@ import os
 import folder_paths
 
 from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, RunConfig
-from ..magcache_core.decision import MAX_SKIPS_MAX, THRESHOLD_MAX
+from ..magcache_core.decision import MAX_SKIPS_MAX, THRESHOLD_MAX    # input maxima: the front end clamps to them
 from ..magcache_core.storage import (MODEL_ALIASES, CalibrationStore, check_name, curves_of, made_on, parse_json,
                                      save_calibration)
 from ..magcache_core.target import SPEED_CHOICES, parse_speed, preview
@@ -21,8 +21,6 @@ from .report import NodeOutput, Reporter, calibration_details, node_ui
 log = logging.getLogger("comfyui-magcache")
 CALIBRATION_PREFIX = "calibration: "
 CALIBRATION_ALIASES = MODEL_ALIASES            # strategy names of calibrations saved by earlier versions
-# Input ranges (magcache_core.decision): the front end clamps a typed value to these, so each maximum is a setting
-# that still makes sense.
 HIDDEN = {"unique_id": "UNIQUE_ID"}              # the node's id: run reports are drawn on it (report.py)
 
 
