@@ -1,44 +1,161 @@
-"""Per-cond store of the blocks' residual from the last computed step."""
+"""Per-entry store of the blocks' residual from the last computed step.
+
+An entry is a small int (``RunState`` numbers the cond entries of a run once). The residuals of one
+batched call are kept as the batch tensor they were computed as, each entry's a view of it, so a
+later call with the same entries in the same order gets that tensor back as it is: no ``torch.cat``,
+no copy, no allocation on a skipped step.
+
+A residual serves only the device that computed it (several devices compute the conds of one step
+under ComfyUI's multi-GPU work units): one never crosses to another device; that device computes the
+entry instead.
+
+Offloading (``offload_device``, e.g. the CPU): a residual goes to a pinned host buffer, allocated once
+per entry and run and reused, by a non-blocking copy on a side stream that waits for the step's
+compute (so it overlaps the next blocks), and the device copy is dropped, so the GPU does not hold it
+during the computed steps that follow. The host tells the store which residuals the next step will use
+(``keep``: the schedule is known in advance for MagCache): those stay on the device and are never
+copied at all; a residual that was offloaded and is wanted again is copied back on the side stream by
+``prefetch``, which the host calls a step ahead, and the compute stream waits for that copy only
+where it uses the residual. Without CUDA (CPU offload targets, tests) the copies are plain copies.
+"""
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
 
+@dataclass
+class _Entry:
+    tensor: torch.Tensor | None          # on its device: the stored residual (a view of ``batch``) or a prefetch
+    device: torch.device                 # the device that computed it
+    shape: tuple
+    batch: tuple | None = None           # (entries, batch tensor) it was stored with, while that is on the device
+    host: torch.Tensor | None = None     # offloaded: the pinned host copy
+    ready: object = None                 # CUDA event: the side-stream copy (to host or back) is done
+
+
 class ResidualStore:
-    """Holds one residual per cond entry; ``offload_device`` keeps them off the GPU between steps.
-
-    A residual serves only the device that computed it (several devices compute the conds of one
-    step under ComfyUI's multi-GPU work units): one never crosses to another device; that device
-    computes the entry instead. (Offloaded, it goes back to the device it came from.)"""
-
     def __init__(self, offload_device: torch.device | None = None):
-        self.offload_device = offload_device
-        self._res: dict[Hashable, tuple[torch.Tensor, torch.device]] = {}   # key -> (residual, device it was made on)
+        self.offload_device = None if offload_device is None else torch.device(offload_device)
+        self._res: dict[int, _Entry] = {}
+        self._streams: dict[torch.device, object] = {}
 
-    def put_batch(self, keys: Sequence[Hashable], residual: torch.Tensor | Sequence[torch.Tensor]) -> None:
-        """Store ``residual`` (a batch split evenly over ``keys``, or one chunk per key)."""
-        chunks = residual.chunk(len(keys)) if isinstance(residual, torch.Tensor) else residual
-        for key, chunk in zip(keys, chunks):
-            self._res[key] = (chunk if self.offload_device is None else chunk.to(self.offload_device), chunk.device)
+    # -- storing -------------------------------------------------------------------------------
+    def put_batch(self, entries: Sequence[int], residual: torch.Tensor | Sequence[torch.Tensor],
+                  keep: bool = False) -> None:
+        """Store ``residual`` (a batch split evenly over ``entries``, or one chunk per entry). ``keep``: with
+        offloading, the next step uses these residuals, so they stay on the device (no copy at all)."""
+        entries = tuple(entries)
+        whole = residual if isinstance(residual, torch.Tensor) else None
+        chunks = residual.chunk(len(entries)) if whole is not None else list(residual)
+        for e, chunk in zip(entries, chunks):
+            old = self._res.get(e)
+            entry = _Entry(chunk, chunk.device, tuple(chunk.shape),
+                           (entries, whole) if whole is not None else None,
+                           old.host if old is not None and old.host is not None and old.host.shape == chunk.shape
+                           and old.device == chunk.device else None)
+            self._res[e] = entry
+            if self.offload_device is not None and not keep:
+                self._offload(entry)
 
-    def has(self, key: Hashable, shape: Sequence[int], device: torch.device) -> bool:
-        """A residual of ``shape`` for ``key``, made on ``device``."""
-        entry = self._res.get(key)
-        return entry is not None and tuple(entry[0].shape) == tuple(shape) and entry[1] == device
+    def _side_stream(self, device: torch.device):
+        if device not in self._streams:
+            self._streams[device] = torch.cuda.Stream(device)
+        return self._streams[device]
 
-    def get_batch(self, keys: Sequence[Hashable], like: torch.Tensor) -> torch.Tensor | None:
-        """The stored residuals for ``keys`` in batch order, on ``like``'s device and dtype.
+    def _offload(self, entry: _Entry) -> None:
+        src = entry.tensor
+        if entry.host is None:
+            pin = src.device.type == "cuda" and self.offload_device.type == "cpu"
+            entry.host = torch.empty(src.shape, dtype=src.dtype, device=self.offload_device, pin_memory=pin)
+        if src.device.type == "cuda":
+            side, main = self._side_stream(src.device), torch.cuda.current_stream(src.device)
+            side.wait_stream(main)                       # after the compute that made it
+            with torch.cuda.stream(side):
+                entry.host.copy_(src, non_blocking=True)
+                src.record_stream(side)                  # the allocator keeps it until the copy is done
+                entry.ready = torch.cuda.Event()
+                entry.ready.record(side)
+        else:
+            entry.host.copy_(src)
+            entry.ready = None
+        entry.tensor, entry.batch = None, None
 
-        None if any is missing, was made for another shape (new cond, new resolution) or on
-        another device than ``like``'s."""
-        expected = (like.shape[0] // len(keys),) + tuple(like.shape[1:])
-        if not all(self.has(key, expected, like.device) for key in keys):
+    def offload(self, entries: Sequence[int]) -> None:
+        """With offloading: move these residuals off the device (the next step will not use them)."""
+        if self.offload_device is None:
+            return
+        for e in entries:
+            entry = self._res.get(e)
+            if entry is not None and entry.tensor is not None:
+                self._offload(entry)
+
+    def prefetch(self, entries: Sequence[int]) -> None:
+        """With offloading: start copying these residuals back to their devices, on the side stream."""
+        for e in entries:
+            entry = self._res.get(e)
+            if entry is None or entry.tensor is not None or entry.host is None:
+                continue
+            if entry.device.type == "cuda":
+                side = self._side_stream(entry.device)
+                with torch.cuda.stream(side):
+                    if entry.ready is not None:
+                        side.wait_event(entry.ready)
+                    entry.tensor = entry.host.to(entry.device, non_blocking=True)
+                    entry.ready = torch.cuda.Event()
+                    entry.ready.record(side)
+            else:
+                entry.tensor = entry.host.to(entry.device)
+
+    # -- reading -------------------------------------------------------------------------------
+    def has_on(self, entry: int, device: torch.device) -> bool:
+        """A residual for ``entry``, made on ``device`` (of whatever shape)."""
+        e = self._res.get(entry)
+        return e is not None and e.device == device
+
+    def has(self, entry: int, shape: Sequence[int], device: torch.device) -> bool:
+        """A residual of ``shape`` for ``entry``, made on ``device``."""
+        e = self._res.get(entry)
+        return e is not None and e.shape == tuple(shape) and e.device == device
+
+    def get_batch(self, entries: Sequence[int], like: torch.Tensor) -> torch.Tensor | None:
+        """The stored residuals for ``entries`` in batch order, on ``like``'s device and dtype, or None if any
+        is missing, was made for another shape (new cond, new resolution) or on another device."""
+        expected = (like.shape[0] // len(entries),) + tuple(like.shape[1:])
+        if not all(self.has(e, expected, like.device) for e in entries):
             return None
-        chunks = [self._res[key][0] for key in keys]
-        out = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
-        return out.to(device=like.device, dtype=like.dtype)
+        return self.batch(entries, like.dtype)
+
+    def batch(self, entries: Sequence[int], dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The residuals of ``entries`` (all present, on one device) as one batch: the stored batch tensor
+        itself where they were stored together in this order, else a concatenation."""
+        entries = tuple(entries)
+        first = self._res[entries[0]]
+        if first.batch is not None and first.batch[0] == entries and first.tensor is not None:
+            out = first.batch[1]
+        else:
+            self.prefetch(entries)                      # offloaded and not prefetched: copy back now
+            parts = [self._res[e].tensor for e in entries]
+            out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        for e in entries:
+            ready = self._res[e].ready
+            if ready is not None and out.device.type == "cuda":
+                torch.cuda.current_stream(out.device).wait_event(ready)     # only where the copy back was needed
+        return out if dtype is None or out.dtype == dtype else out.to(dtype)
+
+    def device_bytes(self) -> int:
+        """Bytes of residuals held on their devices now (tests, benchmarks)."""
+        seen, total = set(), 0
+        for e in self._res.values():
+            if e.tensor is not None:
+                t = e.batch[1] if e.batch is not None else e.tensor
+                if id(t) not in seen:
+                    seen.add(id(t))
+                    total += t.numel() * t.element_size()
+        return total
 
     def clear(self) -> None:
         self._res.clear()
+        self._streams.clear()
