@@ -194,7 +194,9 @@ class CacheHandle:
                 if kind is None:
                     kind = run.names.setdefault(name, 2 + len(run.names))
             keys, kinds = [None], [kind]
-        self._call = run.state.begin_call(sigma, keys, kinds)
+        x = kwargs.get("hidden_states", args[0] if args else None)
+        # The device: on a step that skips, the run gathers the cached residuals for it before the model runs.
+        self._call = run.state.begin_call(sigma, keys, kinds, device=getattr(x, "device", None))
 
     def _after(self, module, args, kwargs, output):
         ctx, self._call = self._call, None

@@ -162,6 +162,17 @@ def test_skipping_changes_the_output_and_remove_restores_it(model):
     assert torch.equal(model.run(10, cfg), reference)
 
 
+def test_residuals_kept_in_cpu_memory_give_the_same_result():
+    model = tiny("wan")
+    outs = []
+    for device in (None, "cpu"):
+        with apply_magcache(model.transformer, "wan2.1_t2v_1.3B", threshold=0.3, scheduler=model.scheduler,
+                            cache_device=device) as cache:
+            outs.append(model.run(12, cfg=True))
+        assert len(cache.last_run.computed) < 12
+    assert torch.equal(*outs)
+
+
 def test_apply_and_remove_without_running_restores_a_fresh_transformer():
     model = tiny("wan")                          # never run: no diffusers registry anywhere yet
     before = snapshot(model.transformer)
