@@ -487,13 +487,16 @@ def main(argv=None) -> int:
         f"student {args.steps} steps of batch {args.batch}, LoRA {args.lora_steps} steps of batch {args.lora_batch}; "
         "an ETA follows the first teacher chunk and the first 20 training steps")
     torch.backends.cuda.matmul.allow_tf32 = True
-    if not args.skip_student:
-        student, log = train_student(args, device, clock, deadline)
-        save_student(student, args.out_dir / STUDENT_FILE, dict(log, **env, seconds=round(clock(), 1)))
-        del student
-    if not args.skip_lora:
-        layers, log = train_lora(args, device, clock, deadline)
-        save_lora(layers, args.out_dir / LORA_FILE, dict(log, **env, seconds=round(clock(), 1)))
+    # The whole run with ComfyUI's training switch on: the teacher samples with the same torch RoPE the reference
+    # model was trained with (ComfyUI 0.3.75), whichever ComfyUI runs this.
+    with training():
+        if not args.skip_student:
+            student, log = train_student(args, device, clock, deadline)
+            save_student(student, args.out_dir / STUDENT_FILE, dict(log, **env, seconds=round(clock(), 1)))
+            del student
+        if not args.skip_lora:
+            layers, log = train_lora(args, device, clock, deadline)
+            save_lora(layers, args.out_dir / LORA_FILE, dict(log, **env, seconds=round(clock(), 1)))
     say(f"done in {clock():.0f} s")
     return 0
 
