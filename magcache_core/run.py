@@ -36,6 +36,7 @@ import torch
 
 from .calibration import CalibrationRecorder
 from .decision import MagCacheParams, MagCacheRule
+from .firstblock import FirstBlockParams, FirstBlockRule, relative_changes
 from .ratios import RatioCurves
 from .residuals import ResidualStore
 from .target import Plan, TeaOutcome, solve, tea_outcome
@@ -43,6 +44,11 @@ from .teacache import TeaCacheParams, TeaCacheRule
 
 log = logging.getLogger("comfyui-magcache")
 METHODS = ("magcache", "teacache", "calibrate")
+# How a skipped step uses the stored residuals (``extrapolate``): "off" reuses the last one as it is; the others
+# predict it to first order from the last two computed ones (one extra residual per cond entry), with the
+# weight given by the distance in steps ("step") or in sigma ("sigma"); "ratio" (MagCache only) scales the last
+# one by the curve's accumulated ratio since it was made (no extra residual).
+EXTRAPOLATIONS = ("off", "step", "sigma", "ratio")
 
 
 @dataclass(frozen=True)
@@ -63,10 +69,18 @@ class RunConfig:
     whole_run: bool = False                            # the curve was recorded on exactly these sigmas: read it
                                                        # as a whole run, not located in a longer schedule
     notice: str = ""                                   # what 'auto' decided, for the log and the node report
+    extrapolate: str = "off"                           # skipped steps: one of EXTRAPOLATIONS
+    first_blocks: FirstBlockParams | None = None       # MagCache only: a skip the content confirms (firstblock.py)
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.extrapolate not in EXTRAPOLATIONS:
+            raise ValueError(f"extrapolate must be one of {EXTRAPOLATIONS}, got {self.extrapolate!r}")
+        if self.extrapolate == "ratio" and self.method != "magcache":
+            raise ValueError("extrapolate 'ratio' needs a MagCache curve")
+        if self.first_blocks is not None and (self.method != "magcache" or self.first_blocks.blocks < 1):
+            raise ValueError("first_blocks: a MagCache run with at least one first block")
 
 
 @dataclass
@@ -77,17 +91,22 @@ class CallContext:
     kinds: list[int]
     skip: bool
     skip_keys: set = field(default_factory=set)   # entries that take the cached residual in this call
-    stream_in: torch.Tensor | None = None
+    stream_in: torch.Tensor | None = None          # the stream the cached residual is added to (after the first blocks)
     skip_out: torch.Tensor | None = None
+    probing: bool = False                          # first_blocks: entered, the first blocks not yet confirmed
+    probe: torch.Tensor | None = None              # first_blocks: their residual in this call
 
 
 class RunState:
     def __init__(self, config: RunConfig, sample_sigmas: Sequence[float],
                  window: tuple[float, float] = (float("inf"), float("-inf")),
                  on_new_step: Callable[[int, int], None] | None = None,
-                 offset: int = 0, total_steps: int | None = None, record_indicator: bool = False):
+                 offset: int = 0, total_steps: int | None = None, record_indicator: bool = False,
+                 blocks: int | None = None):
         """``record_indicator``: a calibration run also records TeaCache's indicator (the host then
-        passes the modulated input to ``enter_blocks``), so that a polynomial can be fitted."""
+        passes the modulated input to ``enter_blocks``), so that a polynomial can be fitted. ``blocks``: how
+        many transformer blocks the host runs per computed call (None: a whole model), for the block-pass
+        count of ``first_blocks`` runs, whose skipped steps still run the first blocks."""
         self.config = config
         self.sigmas = [float(s) for s in sample_sigmas]
         self.run_steps = max(len(self.sigmas) - 1, 1)
@@ -98,10 +117,13 @@ class RunState:
         self._ascending = [-s for s in self.sigmas]
         self.start_sigma, self.end_sigma = window
         self.on_new_step = on_new_step
-        self.residuals = ResidualStore(config.offload_device)
+        self.residuals = ResidualStore(config.offload_device,
+                                       keep_previous=config.extrapolate in ("step", "sigma"))
+        self.blocks = blocks
         self.recorder = CalibrationRecorder() if config.method == "calibrate" else None
         self.record_indicator = bool(record_indicator and self.recorder is not None)
-        self.rule = self.tea = None
+        self.rule = self.tea = self.fb = None
+        self._probe_ref: dict[Hashable, torch.Tensor] = {}   # first_blocks: their residual on each entry's last computed step
         self._plan: Plan | TeaOutcome | None = None      # the speed target's plan / outcome (target.py)
         if config.method == "magcache":
             cache: dict[int, list[float]] = {}
@@ -110,7 +132,10 @@ class RunState:
             # A speed target is solved at the run's second step, when every cond has been seen; the first
             # step computes anyway (there is no residual yet), so threshold 0 (never skip) until then.
             params = replace(config.params, threshold=0.0) if config.target is not None else config.params
-            self.rule = MagCacheRule(params, curve_of, self.num_steps)
+            if config.first_blocks is not None:           # decided per entry, after the first blocks (enter/confirm)
+                self.fb = FirstBlockRule(config.params, config.first_blocks, curve_of, self.num_steps)
+            else:
+                self.rule = MagCacheRule(params, curve_of, self.num_steps)
         elif config.method == "teacache":
             params, self._tea_source = config.params, "the input"
             if config.target is not None and self._memo_key in config.memo:
@@ -208,25 +233,106 @@ class RunState:
             for key, kind, chunk in zip(ctx.keys, ctx.kinds, modulated.chunk(len(ctx.keys))):
                 if key[2] == 0:                   # the curve is the sampler's own evaluations, no extra calls
                     self.recorder.record_input(key, kind, ctx.step, chunk)
+        if self.fb is not None:
+            # first_blocks: the first blocks run on every step; confirm_first_blocks decides after them.
+            ctx.probing = True
+            ctx.stream_in = stream_in.clone()
+            return
         # An entry or a shape this run has no residual for yet (new cond, new resolution), or whose
         # residual another device computed, computes.
         chunk_shape = (stream_in.shape[0] // len(ctx.keys),) + tuple(stream_in.shape[1:])
         ctx.skip_keys = {key for key in ctx.skip_keys if self.residuals.has(key, chunk_shape, stream_in.device)}
         ctx.skip = bool(ctx.skip_keys) and ctx.skip_keys == set(ctx.keys)
         if ctx.skip:
-            ctx.skip_out = stream_in + self.residuals.get_batch(ctx.keys, stream_in)
+            ctx.skip_out = stream_in + self._cached(ctx, ctx.keys, stream_in)
             return
         # A copy: blocks may update their input in place (ComfyUI's FLUX double blocks do `img += ...`).
         ctx.stream_in = stream_in.clone()
 
+    def confirm_first_blocks(self, ctx: CallContext, stream_mid: torch.Tensor) -> None:
+        """first_blocks: the call's first blocks have run and ``stream_mid`` left them. Decides, per entry, whether
+        the remaining blocks are skipped (``firstblock.py``); one host sync (the entries' changes, read at once).
+        After it, ``ctx.skip`` says whether every entry skips (then ``ctx.skip_out`` is the last block's stream),
+        and ``ctx.stream_in`` is what the remaining blocks' residual is measured from."""
+        ctx.probing = False
+        n = len(ctx.keys)
+        probe = stream_mid - ctx.stream_in
+        chunk_shape = (stream_mid.shape[0] // n,) + tuple(stream_mid.shape[1:])
+        refs = [self._probe_ref.get(key) for key in ctx.keys]
+        ok = [i for i, r in enumerate(refs) if r is not None and tuple(r.shape) == chunk_shape and r.device == probe.device]
+        changes: list[float | None] = [None] * n
+        if ok:
+            cur = probe if len(ok) == n else torch.cat([probe.chunk(n)[i] for i in ok])
+            ref = refs[ok[0]] if len(ok) == 1 else torch.cat([refs[i] for i in ok])
+            for i, v in zip(ok, relative_changes(cur, ref, len(ok)).tolist()):
+                changes[i] = v
+        in_window = self.in_window(ctx.sigma)
+        skip = set()
+        for i, key in enumerate(ctx.keys):
+            k = (ctx.step, key)
+            if k not in self.key_decisions:         # a 2nd call in one step (2nd-order samplers) reuses it
+                self.key_decisions[k] = self.fb.decide(ctx.step, key, ctx.kinds[i], changes[i], in_window)
+            if self.key_decisions[k]:
+                if self.residuals.has(key, chunk_shape, stream_mid.device):
+                    skip.add(key)
+                else:                               # no residual of this shape yet: it computes
+                    self.fb.computed(key)
+        ctx.skip_keys, ctx.probe = skip, probe
+        ctx.skip = bool(skip) and skip == set(ctx.keys)
+        if ctx.skip:
+            ctx.skip_out = stream_mid + self._cached(ctx, ctx.keys, stream_mid)
+            ctx.stream_in = None
+        else:
+            ctx.stream_in = stream_mid.clone()      # the remaining blocks may update it in place
+
+    def _cached(self, ctx: CallContext, keys, like: torch.Tensor) -> torch.Tensor:
+        """The residual a skipped ``ctx`` adds for ``keys``: the last one as it is, or extrapolated (``extrapolate``)."""
+        if self.config.extrapolate == "off":
+            return self.residuals.get_batch(keys, like)
+        return self.residuals.get_batch(keys, like, [self.extrapolation(ctx.step, ctx.sigma, key) for key in keys])
+
+    def extrapolation(self, step: int, sigma: float, key) -> tuple[float, float]:
+        """(a, b): the residual used at ``step`` / ``sigma`` for ``key`` is ``a * last + b * previous`` (host floats,
+        no device work). "step" / "sigma": first order through the last two computed residuals, by the distance
+        in steps or in sigma (a = 1 + w, b = -w, w = distance from the last / distance between the two);
+        "ratio": the last one times the curve's product of ratios since it was made."""
+        form = self.config.extrapolate
+        last, before = self.residuals.history(key)
+        if form == "off" or last is None:
+            return 1.0, 0.0
+        if form == "ratio":
+            curve = self._curve_of(key[1] if isinstance(key, tuple) and len(key) == 3 else 0)
+            ratio = 1.0
+            for t in range(last[0] + 1, step + 1):
+                ratio *= curve[t] if t < len(curve) else 1.0
+            return ratio, 0.0
+        if before is None:
+            return 1.0, 0.0
+        i, now = (0, step) if form == "step" else (1, sigma)
+        span = last[i] - before[i]
+        if span == 0:
+            return 1.0, 0.0
+        w = (now - last[i]) / span
+        return 1.0 + w, -w
+
     def leave_blocks(self, ctx: CallContext, stream_out: torch.Tensor) -> torch.Tensor | None:
         """Store the residual of the entries that computed. Returns the stream to continue with
-        when some entries of the batch take their cached residual instead (TeaCache), else None."""
-        residual = stream_out - ctx.stream_in
+        when some entries of the batch take their cached residual instead (TeaCache, first_blocks), else None."""
         n = len(ctx.keys)
+        if ctx.probing:
+            # first_blocks, but the block that confirms never ran in this call (another patch replaced ours for it):
+            # every block computed; what it measured is not the remaining blocks' residual, so nothing is stored.
+            ctx.probing = False
+            return None
+        residual = stream_out - ctx.stream_in
         computed = [i for i, key in enumerate(ctx.keys) if key not in ctx.skip_keys]
         res_chunks = residual.chunk(n)
-        self.residuals.put_batch([ctx.keys[i] for i in computed], [res_chunks[i] for i in computed])
+        self.residuals.put_batch([ctx.keys[i] for i in computed], [res_chunks[i] for i in computed],
+                                 at=(ctx.step, ctx.sigma))
+        if ctx.probe is not None:                 # first_blocks: the reference their next changes are measured from
+            probes = ctx.probe.chunk(n)
+            for i in computed:
+                self._probe_ref[ctx.keys[i]] = probes[i]
         if self.recorder is not None:
             for i in computed:
                 if ctx.keys[i][2] == 0:           # the curve is the sampler's own evaluations, no extra calls
@@ -234,7 +340,7 @@ class RunState:
         if not ctx.skip_keys:
             return None
         outs, ins = stream_out.chunk(n), ctx.stream_in.chunk(n)
-        return torch.cat([outs[i] if key not in ctx.skip_keys else ins[i] + self.residuals.get_batch([key], ins[i])
+        return torch.cat([outs[i] if key not in ctx.skip_keys else ins[i] + self._cached(ctx, [key], ins[i])
                           for i, key in enumerate(ctx.keys)])
 
     @staticmethod
@@ -263,7 +369,7 @@ class RunState:
                     for key in ctx.keys:
                         if key not in ctx.skip_keys and self.key_decisions.get((ctx.step, key)):
                             self.tea.computed(key)
-        ctx.stream_in = ctx.skip_out = None
+        ctx.stream_in = ctx.skip_out = ctx.probe = None
 
     # -- end of run -------------------------------------------------------------------------
     @property
@@ -274,7 +380,7 @@ class RunState:
         seen = self.steps_seen
         done = sorted(self.computed_steps)
         skipped = [s for s in seen if s not in self.computed_steps]
-        speed = len(seen) / len(done) if done else 1.0
+        speed = self.block_pass_speedup(len(done), len(skipped))
         where = f" (steps {self.offset}-{self.offset + self.run_steps - 1} of {self.num_steps})" \
             if self.run_steps != self.num_steps else ""
         bypassed = (f"; {self.bypassed_calls} model calls bypassed the block patches and computed in full"
@@ -283,9 +389,23 @@ class RunState:
         return (f"{self.config.method} [{self.config.label}]{where}: computed {len(done)}/{len(seen)} steps "
                 f"{done}, skipped {len(skipped)} ({speed:.2f}x fewer block passes){bypassed}{target}")
 
+    def block_pass_speedup(self, computed: int, skipped: int) -> float:
+        """How many times fewer block passes than computing every step: steps / computed steps, except with
+        ``first_blocks``, whose skipped steps still run the first blocks (counted when the host said how many
+        blocks a call runs)."""
+        if not computed:
+            return 1.0
+        if self.fb is None or not self.blocks:
+            return (computed + skipped) / computed
+        first = self.config.first_blocks.blocks
+        return (computed + skipped) * self.blocks / (computed * self.blocks + skipped * first)
+
     def release(self) -> None:
         self._evaluations.clear()
         self.residuals.clear()
+        self._probe_ref.clear()
+        if self.fb is not None:
+            self.fb.clear()
         if self.recorder is not None:
             self.recorder.clear()
         if self.tea is not None:
