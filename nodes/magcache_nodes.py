@@ -8,6 +8,7 @@ import os
 import folder_paths
 
 from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, RunConfig, fit_coefficients
+from ..magcache_core.firstblock import FirstBlockParams
 from ..magcache_core.storage import CalibrationStore, check_name, curves_of, parse_json
 from ..magcache_core.target import SPEED_CHOICES, parse_speed, preview
 from ..strategies import METHOD_MAGCACHE, all_presets, detect
@@ -24,6 +25,41 @@ CALIBRATION_ALIASES = {"wan2.1": "wan"}          # strategy names of calibration
 THRESHOLD_MAX = 0.5
 MAX_SKIPS_MAX = 10
 HIDDEN = {"unique_id": "UNIQUE_ID"}              # the node's id: run reports are drawn on it (report.py)
+# skipped_steps: "reuse" is the authors' rule (the last residual as it is); "extrapolate" predicts it to first order
+# from the last two computed ones, in the form bench/variant_forms.py measured best (RunConfig.extrapolate).
+SKIPPED_CHOICES = ("reuse", "extrapolate")
+EXTRAPOLATE_FORM = "step"
+FIRST_BLOCKS_MAX = 8
+FIRST_BLOCKS_THRESHOLD_MAX = 1.0
+FIRST_BLOCKS_ACCUMULATE = False                  # the forms bench/variant_forms.py measured best
+FIRST_BLOCKS_PRIOR = True
+
+
+TEACACHE_EXTRAPOLATE_FORM = "step"                # TeaCache has no curve: "ratio" is MagCache's only
+
+
+def extrapolate_form(skipped_steps, input_name: str = "skipped_steps", tea: bool = False) -> str:
+    """The RunConfig.extrapolate of a node's skipped_steps input."""
+    if skipped_steps not in SKIPPED_CHOICES:
+        raise MagCacheInputError(input_name, f"got {skipped_steps!r}; expected one of {', '.join(SKIPPED_CHOICES)}")
+    if skipped_steps == "reuse":
+        return "off"
+    return TEACACHE_EXTRAPOLATE_FORM if tea else EXTRAPOLATE_FORM
+
+
+SKIPPED_TOOLTIP = (
+    "What a skipped step adds to the blocks' input. 'reuse' (the MagCache authors' rule): the residual of the last "
+    "computed step, as it is. 'extrapolate': predicted to first order from the last two computed residuals (by their "
+    "distance in steps), TaylorSeer-style; keeps one extra residual per cond (more memory: one more image-stream-sized "
+    "tensor per cond, on cache_device); the schedule is the same.")
+FIRST_BLOCKS_TOOLTIP = (
+    "0 = off (the authors' rule). N > 0: the first N transformer blocks run on every step, and the others are skipped "
+    "only while the curve allows it AND the first blocks' residual has changed by less than first_blocks_threshold "
+    "(relative L1) since the last computed step (first-block cache, per cond and seed). Costs N blocks on each skipped "
+    "step and one more stored residual per cond. Not with a speed target.")
+FIRST_BLOCKS_THRESHOLD_TOOLTIP = (
+    "With first_blocks > 0: the largest relative L1 change of the first blocks' residual since the last computed step "
+    "that still lets the other blocks skip. Higher = faster; 0 = never skip.")
 
 
 def calibration_store() -> CalibrationStore:
@@ -115,26 +151,38 @@ class MagCacheApply:
             "optional": {
                 "ratios": ("MAGCACHE_RATIOS", {"tooltip": "Your own ratio curve (from a 'MagCache Ratios' node); overrides the preset."}),
                 "speed": (list(SPEED_CHOICES), {"default": "off", "tooltip": SPEED_TOOLTIP}),
+                "skipped_steps": (list(SKIPPED_CHOICES), {"default": "reuse", "tooltip": SKIPPED_TOOLTIP}),
+                "first_blocks": ("INT", {"default": 0, "min": 0, "max": FIRST_BLOCKS_MAX, "tooltip": FIRST_BLOCKS_TOOLTIP}),
+                "first_blocks_threshold": ("FLOAT", {"default": 0.1, "min": 0.0, "max": FIRST_BLOCKS_THRESHOLD_MAX,
+                                                     "step": 0.01, "tooltip": FIRST_BLOCKS_THRESHOLD_TOOLTIP}),
             },
             "hidden": HIDDEN,
         }
 
     def apply(self, model, preset, threshold, retention_ratio, max_skip_steps, start_percent=0.0,
-              end_percent=1.0, cache_device="main_device", ratios=None, speed="off", unique_id=None):
+              end_percent=1.0, cache_device="main_device", ratios=None, speed="off", skipped_steps="reuse",
+              first_blocks=0, first_blocks_threshold=0.1, unique_id=None):
         params = MagCacheParams(number("threshold", threshold, 0.0, THRESHOLD_MAX),
                                 number("retention_ratio", retention_ratio, 0.0, 1.0),
                                 number("max_skip_steps", max_skip_steps, 0, MAX_SKIPS_MAX, integer=True))
         start, end = window(start_percent, end_percent)
         offload = offload_device(cache_device)
         target = parse_speed(speed, "speed")
+        extrapolate = extrapolate_form(skipped_steps)
+        n_first = number("first_blocks", first_blocks, 0, FIRST_BLOCKS_MAX, integer=True)
+        content = number("first_blocks_threshold", first_blocks_threshold, 0.0, FIRST_BLOCKS_THRESHOLD_MAX)
         strategy = detect(model)
+        first = None
+        if n_first:
+            first = first_blocks_params(strategy, n_first, content, target)
         curves, label, recommended = resolve_curves(strategy, model, preset, ratios)
         if curves is None:
-            config = AutoRun("magcache", strategy, label, params, start, end, offload, target=target)
+            config = AutoRun("magcache", strategy, label, params, start, end, offload, target=target,
+                             extrapolate=extrapolate, first_blocks=first)
             label = "auto: a calibration of this model, made by its first run if none is saved"
         else:
             config = RunConfig("magcache", params, curves, start, end, offload, label=f"{strategy.title}, {label}",
-                               target=target,
+                               target=target, extrapolate=extrapolate, first_blocks=first,
                                notice=f"auto: published curve {label}" if preset == "auto" and ratios is None else "")
         notices = []
         if recommended is not None and (recommended != params if target is None else
@@ -149,10 +197,28 @@ class MagCacheApply:
             notices.append(f"planned at the curve's {plan.total_steps} steps ({kinds}): {plan.outcome()}; solved "
                            "again when sampling starts, for the run's steps, conds and window")
         settings = f"{threshold}, retention {params.retention_ratio}, K {params.max_skips}" + window_text(start, end)
+        if extrapolate != "off":
+            settings += ", skipped steps extrapolated"
+        if first is not None:
+            settings += f", first {first.blocks} block{'s' * (first.blocks > 1)} confirm (change < {first.threshold:g})"
         log.info("MagCacheApply: %s (%s-level cache), %s, %s%s", strategy.title, strategy.level, label, settings,
                  "".join("; " + n for n in notices))
         patched = patch_model(model, strategy, config, reporter=Reporter(unique_id, "MagCacheApply", settings))
         return NodeOutput((patched,), node_ui("magcache", config.label, settings, notices))
+
+
+def first_blocks_params(strategy, n: int, threshold: float, target) -> FirstBlockParams:
+    """The first-block-confirmed skip for ``strategy``, or an error naming the input that rules it out."""
+    if strategy.level != "blocks":
+        raise MagCacheInputError("first_blocks", f"{strategy.title} is cached as a whole model (ComfyUI gives it no "
+                                                 "block patches), so there are no first blocks to run; set 0")
+    if n >= len(strategy.block_keys):
+        raise MagCacheInputError("first_blocks", f"is {n}, but {strategy.title} has {len(strategy.block_keys)} blocks; "
+                                                 "at least one must remain to skip")
+    if target is not None:
+        raise MagCacheInputError("speed", "a speed target fixes the schedule before sampling, but with first_blocks > 0 "
+                                          "the image decides which steps skip; set speed to off (or first_blocks to 0)")
+    return FirstBlockParams(n, threshold, accumulate=FIRST_BLOCKS_ACCUMULATE, prior=FIRST_BLOCKS_PRIOR)
 
 
 class MagCacheCalibrate:
