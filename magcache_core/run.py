@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import threading
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -94,6 +95,7 @@ class CallContext:
     stream_in: torch.Tensor | None = None          # the stream the cached residual is added to (after the first blocks)
     skip_out: torch.Tensor | None = None
     probing: bool = False                          # first_blocks: entered, the first blocks not yet confirmed
+    prior: bool = False                            # first_blocks: the step's MagCache decision (a skip the content may veto)
     probe: torch.Tensor | None = None              # first_blocks: their residual in this call
 
 
@@ -132,10 +134,12 @@ class RunState:
             # A speed target is solved at the run's second step, when every cond has been seen; the first
             # step computes anyway (there is no residual yet), so threshold 0 (never skip) until then.
             params = replace(config.params, threshold=0.0) if config.target is not None else config.params
-            if config.first_blocks is not None:           # decided per entry, after the first blocks (enter/confirm)
-                self.fb = FirstBlockRule(config.params, config.first_blocks, curve_of, self.num_steps)
-            else:
-                self.rule = MagCacheRule(params, curve_of, self.num_steps)
+            if config.first_blocks is not None:
+                # The rule is the prior (per step); the content vetoes per entry, after the first blocks (confirm).
+                self.fb = FirstBlockRule(config.first_blocks)
+                if not config.first_blocks.prior:
+                    params = replace(params, threshold=math.inf)
+            self.rule = MagCacheRule(params, curve_of, self.num_steps)
         elif config.method == "teacache":
             params, self._tea_source = config.params, "the input"
             if config.target is not None and self._memo_key in config.memo:
@@ -234,7 +238,9 @@ class RunState:
                 if key[2] == 0:                   # the curve is the sampler's own evaluations, no extra calls
                     self.recorder.record_input(key, kind, ctx.step, chunk)
         if self.fb is not None:
-            # first_blocks: the first blocks run on every step; confirm_first_blocks decides after them.
+            # first_blocks: the first blocks run on every step; confirm_first_blocks decides after them, where the
+            # step's MagCache decision (the prior) allows a skip.
+            ctx.prior, ctx.skip, ctx.skip_keys = ctx.skip, False, set()
             ctx.probing = True
             ctx.stream_in = stream_in.clone()
             return
@@ -266,12 +272,11 @@ class RunState:
             ref = refs[ok[0]] if len(ok) == 1 else torch.cat([refs[i] for i in ok])
             for i, v in zip(ok, relative_changes(cur, ref, len(ok)).tolist()):
                 changes[i] = v
-        in_window = self.in_window(ctx.sigma)
         skip = set()
         for i, key in enumerate(ctx.keys):
             k = (ctx.step, key)
             if k not in self.key_decisions:         # a 2nd call in one step (2nd-order samplers) reuses it
-                self.key_decisions[k] = self.fb.decide(ctx.step, key, ctx.kinds[i], changes[i], in_window)
+                self.key_decisions[k] = self.fb.decide(ctx.step, key, changes[i], ctx.prior)
             if self.key_decisions[k]:
                 if self.residuals.has(key, chunk_shape, stream_mid.device):
                     skip.add(key)

@@ -30,8 +30,8 @@ HIDDEN = {"unique_id": "UNIQUE_ID"}              # the node's id: run reports ar
 SKIPPED_CHOICES = ("reuse", "extrapolate")
 EXTRAPOLATE_FORM = "step"
 FIRST_BLOCKS_MAX = 8
-FIRST_BLOCKS_THRESHOLD_MAX = 1.0
-FIRST_BLOCKS_ACCUMULATE = False                  # the forms bench/variant_forms.py measured best
+FIRST_BLOCKS_THRESHOLD_MAX = 2.0
+FIRST_BLOCKS_ACCUMULATE = True                   # the forms bench/variant_forms.py measured best
 FIRST_BLOCKS_PRIOR = True
 
 
@@ -54,12 +54,14 @@ SKIPPED_TOOLTIP = (
     "tensor per cond, on cache_device); the schedule is the same.")
 FIRST_BLOCKS_TOOLTIP = (
     "0 = off (the authors' rule). N > 0: the first N transformer blocks run on every step, and the others are skipped "
-    "only while the curve allows it AND the first blocks' residual has changed by less than first_blocks_threshold "
-    "(relative L1) since the last computed step (first-block cache, per cond and seed). Costs N blocks on each skipped "
-    "step and one more stored residual per cond. Not with a speed target.")
+    "only where the curve allows it (threshold, retention, K) AND the first blocks' residual has changed little since "
+    "that cond's last computed step (first_blocks_threshold): a schedule per prompt and seed (first-block cache). "
+    "Costs N blocks on each skipped step, one more stored tensor per cond and one host sync per model call. "
+    "Not with a speed target.")
 FIRST_BLOCKS_THRESHOLD_TOOLTIP = (
-    "With first_blocks > 0: the largest relative L1 change of the first blocks' residual since the last computed step "
-    "that still lets the other blocks skip. Higher = faster; 0 = never skip.")
+    "With first_blocks > 0: the most the first blocks' residual may change, summed over the skipped steps since the "
+    "last computed one (each step's change: relative L1 against that computed step), for the other blocks to skip. "
+    "Higher = faster; 0 = never skip.")
 
 
 def calibration_store() -> CalibrationStore:
@@ -153,7 +155,7 @@ class MagCacheApply:
                 "speed": (list(SPEED_CHOICES), {"default": "off", "tooltip": SPEED_TOOLTIP}),
                 "skipped_steps": (list(SKIPPED_CHOICES), {"default": "reuse", "tooltip": SKIPPED_TOOLTIP}),
                 "first_blocks": ("INT", {"default": 0, "min": 0, "max": FIRST_BLOCKS_MAX, "tooltip": FIRST_BLOCKS_TOOLTIP}),
-                "first_blocks_threshold": ("FLOAT", {"default": 0.1, "min": 0.0, "max": FIRST_BLOCKS_THRESHOLD_MAX,
+                "first_blocks_threshold": ("FLOAT", {"default": 0.2, "min": 0.0, "max": FIRST_BLOCKS_THRESHOLD_MAX,
                                                      "step": 0.01, "tooltip": FIRST_BLOCKS_THRESHOLD_TOOLTIP}),
             },
             "hidden": HIDDEN,
@@ -161,7 +163,7 @@ class MagCacheApply:
 
     def apply(self, model, preset, threshold, retention_ratio, max_skip_steps, start_percent=0.0,
               end_percent=1.0, cache_device="main_device", ratios=None, speed="off", skipped_steps="reuse",
-              first_blocks=0, first_blocks_threshold=0.1, unique_id=None):
+              first_blocks=0, first_blocks_threshold=0.2, unique_id=None):
         params = MagCacheParams(number("threshold", threshold, 0.0, THRESHOLD_MAX),
                                 number("retention_ratio", retention_ratio, 0.0, 1.0),
                                 number("max_skip_steps", max_skip_steps, 0, MAX_SKIPS_MAX, integer=True))

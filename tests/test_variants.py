@@ -98,21 +98,49 @@ def test_extrapolation_form_needs_a_curve_for_ratio():
 
 # -- the first-block rule, by hand ---------------------------------------------------------------------------
 def test_first_block_rule_by_hand():
-    flat = lambda kind: [1.0] * 10                                          # noqa: E731
-    rule = FirstBlockRule(MagCacheParams(0.5, 0.2, 3), FirstBlockParams(1, 0.1), flat, 10)
-    # steps 0, 1 retained (int(10 * 0.2) = 2); then the change decides; a None change (no reference) computes.
-    got = [rule.decide(s, "c", COND, c) for s, c in enumerate([None, 0.0, 0.05, 0.09, 0.12, 0.01, 0.01, 0.01, 0.01, 0.01])]
-    assert got == [False, False, True, True, False, True, True, True, False, True]     # K 3 forces step 8
-    acc = FirstBlockRule(MagCacheParams(0.5, 0.0, 9), FirstBlockParams(1, 0.1, accumulate=True), flat, 10)
-    assert [acc.decide(s, "c", COND, c) for s, c in enumerate([None, 0.04, 0.04, 0.04, 0.04])] == [False, True, True, False, True]
-    # the curve as prior: MagCache's accumulated error must stay below its threshold too
-    steep = lambda kind: [1.0, 1.1, 1.1, 1.1, 1.1]                          # noqa: E731
-    prior = FirstBlockRule(MagCacheParams(0.25, 0.0, 9), FirstBlockParams(1, 0.1), steep, 5)
-    assert [prior.decide(s, "c", COND, 0.0 if s else None) for s in range(5)] == [False, True, False, True, False]
-    free = FirstBlockRule(MagCacheParams(0.25, 0.0, 9), FirstBlockParams(1, 0.1, prior=False), steep, 5)
-    assert [free.decide(s, "c", COND, 0.0 if s else None) for s in range(5)] == [False, True, True, True, True]
-    never = FirstBlockRule(MagCacheParams(0.5, 0.0, 9), FirstBlockParams(1, 0.0), flat, 10)
-    assert not any(never.decide(s, "c", COND, 0.0) for s in range(10))
+    rule = FirstBlockRule(FirstBlockParams(1, 0.1))
+    # the prior (MagCache's step decision) must allow it; a None change (no reference yet) computes
+    changes = [None, 0.0, 0.05, 0.09, 0.12, 0.01, 0.01]
+    prior = [False, True, True, True, True, False, True]
+    assert [rule.decide(s, "c", c, p) for s, (c, p) in enumerate(zip(changes, prior))] == \
+        [False, True, True, True, False, False, True]
+    acc = FirstBlockRule(FirstBlockParams(1, 0.1, accumulate=True))
+    assert [acc.decide(s, "c", c, True) for s, c in enumerate([None, 0.04, 0.04, 0.04, 0.04])] == [False, True, True, False, True]
+    never = FirstBlockRule(FirstBlockParams(1, 0.0))
+    assert not any(never.decide(s, "c", 0.0, True) for s in range(10))
+
+
+def drive_first_blocks(run, sig, probes):
+    """A first-block run by hand, one entry: ``probes[step]`` is what the first block adds; the other blocks add 1."""
+    computed = []
+    for step in range(len(sig) - 1):
+        x = torch.zeros(1, 2, 2, dtype=torch.float64)
+        ctx = run.begin_call(sig[step], ["c"], [COND])
+        run.enter_blocks(ctx, x)
+        run.confirm_first_blocks(ctx, x + probes[step])
+        if not ctx.skip:
+            run.leave_blocks(ctx, x + probes[step] + 1)
+            computed.append(step)
+        run.end_call(ctx)
+    return computed
+
+
+@pytest.mark.parametrize("content, prior, expected", [
+    (1.0, True, [0, 3, 5]),             # the content allows everything: MagCache's schedule (curve, K 2)
+    (0.3, True, [0, 3, 4, 5, 6]),       # ... and vetoes 4 (first block 1 -> 1.5) and 6 (1.5 -> 1)
+    (0.3, False, [0, 3, 4, 6]),         # without the curve's threshold step 5 skips: retention, K and the content
+    (0.0, True, [0, 1, 2, 3, 4, 5, 6, 7]),
+])
+def test_run_first_blocks_prior_and_veto(content, prior, expected):
+    sig = [1 - i / 8 for i in range(9)]
+    curve = [1.0, 1.0, 1.0, 1.0, 1.0, 1.5, 1.0, 1.0]              # ratio 1.5 at step 5: MagCache computes it
+    probes = [torch.full((1, 2, 2), v, dtype=torch.float64) for v in (1, 1, 1, 1, 1.5, 1.5, 1, 1)]
+    cfg = RunConfig("magcache", MagCacheParams(0.2, 0.0, 2), RatioCurves.from_json(curve),
+                    first_blocks=FirstBlockParams(1, content, prior=prior))
+    run = RunState(cfg, sig, blocks=4)
+    assert drive_first_blocks(run, sig, probes) == expected
+    skipped = 8 - len(expected)
+    assert run.block_pass_speedup(len(expected), skipped) == pytest.approx(32 / (4 * len(expected) + skipped))
 
 
 # -- inside ComfyUI ------------------------------------------------------------------------------------------
@@ -214,7 +242,7 @@ def test_comfy_first_blocks_run_every_step_the_others_only_on_computed_steps(flu
     import logging
     with caplog.at_level(logging.INFO, logger="comfyui-magcache"):
         with EveryBlock(flux) as seen:
-            sample(fb_apply(flux, 1.0, n=n), steps=10, cfg=1.0)
+            sample(fb_apply(flux, 2.0, n=n), steps=10, cfg=1.0)
     every = list(range(10))
     for i in range(n):
         assert seen.steps(i) == every
@@ -236,7 +264,7 @@ def test_comfy_first_blocks_skip_is_fresh_first_blocks_plus_cached_rest(wan):
     h2 = dm.head.register_forward_pre_hook(lambda m, a: outs.append(a[0].detach().clone()))
     try:
         with EveryBlock(wan) as seen:
-            sample(fb_apply(wan, 1.0), steps=10, cfg=1.0)
+            sample(fb_apply(wan, 2.0), steps=10, cfg=1.0)
     finally:
         h1.remove(), h2.remove()
     assert seen.steps(1) == [0, 4, 8] and len(mids) == len(outs) == 10
@@ -255,7 +283,7 @@ def first_blocks_sample(model, content, seed=3, split=False, steps=12):
     return out, seen
 
 
-@pytest.mark.parametrize("make, content", [(tiny_flux, 0.35), (tiny_wan, 0.02)], ids=["flux", "wan"])
+@pytest.mark.parametrize("make, content", [(tiny_flux, 0.8), (tiny_wan, 0.08)], ids=["flux", "wan"])
 def test_comfy_first_blocks_batched_and_split_cfg_decide_the_same(make, content):
     """Decisions are per cond entry (an entry's change is known only inside its own call). Split, a cond's remaining
     blocks run exactly where it computes; batched, they run for both rows where either computes, and the row that
@@ -276,7 +304,7 @@ def test_comfy_first_blocks_schedule_follows_the_content(wan):
     schedule, from the curve alone, would be the same for both)."""
     schedules = set()
     for seed in (3, 4, 5, 6):
-        _, seen = first_blocks_sample(wan, 0.02, seed=seed, steps=16)
+        _, seen = first_blocks_sample(wan, 0.08, seed=seed, steps=16)
         schedules.add(tuple(seen.steps(len(seen.calls) - 1)))
     assert len(schedules) > 1, schedules
 
