@@ -39,9 +39,11 @@ class CalibrationRecorder:
         self._lock = threading.Lock()
 
     def record(self, key: Hashable, kind: int, step: int, residual: torch.Tensor) -> None:
-        cur = residual.detach().float()
+        kept = residual.detach()            # the previous residual is kept as it is (the store holds the same
+        cur = kept.float()                  # tensor): no float32 copy outlives the call
         cur = cur.reshape(cur.shape[0], -1, cur.shape[-1])
         prev = _on(self._prev.get(key), cur.device)
+        prev = None if prev is None else prev.float().reshape(prev.shape[0], -1, prev.shape[-1])
         if prev is None or prev.shape != cur.shape:
             row = torch.tensor([1.0, 0.0, 0.0, 0.0], device=cur.device)
         else:
@@ -51,16 +53,27 @@ class CalibrationRecorder:
                                relative_l1(cur, prev)])
         with self._lock:
             self._rows[kind][step].append(row)
-        self._prev[key] = cur
+        self._prev[key] = kept
+
+    def input_change(self, key: Hashable, indicator: torch.Tensor) -> torch.Tensor:
+        """The relative L1 change of TeaCache's indicator for ``key`` since its last call (0 for the first), a
+        0-d tensor; the indicator is kept, as it is, for the next. No lock: an entry is in one call at a time."""
+        cur = indicator.detach().clone()    # a model may reuse the tensor it handed out
+        prev = _on(self._prev_input.get(key), cur.device)
+        self._prev_input[key] = cur
+        if prev is None or prev.shape != cur.shape:
+            return torch.zeros((), device=cur.device)
+        return relative_l1(cur, prev).reshape(())
+
+    def add_input(self, kind: int, step: int, value: torch.Tensor) -> None:
+        """``input_change``'s value for an entry of ``kind`` at ``step``."""
+        with self._lock:
+            self._input_rows[kind][step].append(value)
 
     def record_input(self, key: Hashable, kind: int, step: int, indicator: torch.Tensor) -> None:
-        """TeaCache's indicator for ``key`` at ``step`` (call it before ``record`` of the same step)."""
-        cur = indicator.detach().float().clone()
-        prev = _on(self._prev_input.get(key), cur.device)
-        value = relative_l1(cur, prev) if prev is not None and prev.shape == cur.shape else torch.zeros((), device=cur.device)
-        with self._lock:
-            self._input_rows[kind][step].append(value.reshape(()))
-        self._prev_input[key] = cur
+        """TeaCache's indicator for ``key`` at ``step``: ``input_change`` then ``add_input`` (a host that records
+        where it also computes; the run splits the two, see ``run.py``)."""
+        self.add_input(kind, step, self.input_change(key, indicator))
 
     def result(self) -> dict[str, dict[str, list[float]]]:
         """``{"cond": {"ratio": [...], "std": [...], "cos": [...], "l1": [...]}, "uncond": {...}}``, one value

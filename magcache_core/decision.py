@@ -76,6 +76,18 @@ class MagCacheRule:
             self.reset()
         return allow
 
+    def peek(self, step: int, kinds: Iterable[int], in_window: bool = True) -> bool:
+        """What ``decide`` would say for ``step`` now, changing nothing (a host prefetching for the next step)."""
+        if not (in_window and self.may_skip(step)):
+            return False
+        for k in set(kinds):
+            acc = Accumulator(**vars(self._acc.get(k, Accumulator())))
+            curve = self._curve_of(k)
+            acc.advance(curve[step] if step < len(curve) else 1.0)
+            if not acc.allows(self.params.threshold, self.params.max_skips):
+                return False
+        return True
+
     def reset(self) -> None:
         for acc in self._acc.values():
             acc.reset()

@@ -86,17 +86,27 @@ class RunConfig:
 
 @dataclass
 class CallContext:
+    """One model call. ``keys``: the call's cache entries in batch order, small ints numbered once per run
+    (so nothing on the blocks' path hashes the host's ids); ``own``: whether each is the sampler's own
+    evaluation of its cond (the first at this step), not an extra call (Skip Layer Guidance...)."""
+
     step: int
     sigma: float
-    keys: list
+    keys: list[int]
     kinds: list[int]
     skip: bool
-    skip_keys: set = field(default_factory=set)   # entries that take the cached residual in this call
-    stream_in: torch.Tensor | None = None          # the stream the cached residual is added to (after the first blocks)
+    own: list[bool] = field(default_factory=list)
+    skip_keys: frozenset = frozenset()            # entries that take the cached residual in this call
+    residual: torch.Tensor | None = None          # a skip: the cached residuals of ``keys``, as one batch
+    entered: bool = False                         # the blocks came through enter_blocks
+    stored: bool = False                          # leave_blocks already stored the residual (a mixed batch)
+    stream_in: torch.Tensor | None = None
+    new_residual: torch.Tensor | None = None      # a computed call: the blocks' residual (out - in), from leave_blocks
     skip_out: torch.Tensor | None = None
-    probing: bool = False                          # first_blocks: entered, the first blocks not yet confirmed
-    prior: bool = False                            # first_blocks: the step's MagCache decision (a skip the content may veto)
-    probe: torch.Tensor | None = None              # first_blocks: their residual in this call
+    input_l1: list | None = None                  # calibration: the change of TeaCache's indicator, per entry
+    probing: bool = False                         # first_blocks: entered, the first blocks not yet confirmed
+    prior: bool = False                           # first_blocks: the step's MagCache decision (the content may veto it)
+    probe: torch.Tensor | None = None             # first_blocks: their residual in this call
 
 
 class RunState:
@@ -119,13 +129,12 @@ class RunState:
         self._ascending = [-s for s in self.sigmas]
         self.start_sigma, self.end_sigma = window
         self.on_new_step = on_new_step
-        self.residuals = ResidualStore(config.offload_device,
-                                       keep_previous=config.extrapolate in ("step", "sigma"))
+        self.residuals = ResidualStore(config.offload_device, keep_previous=config.extrapolate in ("step", "sigma"))
         self.blocks = blocks
         self.recorder = CalibrationRecorder() if config.method == "calibrate" else None
         self.record_indicator = bool(record_indicator and self.recorder is not None)
         self.rule = self.tea = self.fb = None
-        self._probe_ref: dict[Hashable, torch.Tensor] = {}   # first_blocks: their residual on each entry's last computed step
+        self._probe_ref: dict[int, torch.Tensor] = {}   # first_blocks: their residual on each entry's last computed step
         self._plan: Plan | TeaOutcome | None = None      # the speed target's plan / outcome (target.py)
         if config.method == "magcache":
             cache: dict[int, list[float]] = {}
@@ -153,6 +162,9 @@ class RunState:
         self.bypassed_calls = 0                           # calls whose blocks never reached enter_blocks
         self._lock = threading.Lock()        # the shared decision and bookkeeping, for calls in threads
         self._evaluations: dict[tuple, int] = {}         # (sigma, key, kind) -> evaluations so far
+        self._ids: dict[tuple, int] = {}                  # (key, kind, n) -> the entry's number in this run
+        self._kind_of: dict[int, int] = {}                # entry number -> its kind (extrapolate "ratio")
+        self._next_skips = False                          # the rule expects the next step to skip
 
     @property
     def needs_modulated_input(self) -> bool:
@@ -170,33 +182,64 @@ class RunState:
     def in_window(self, sigma: float) -> bool:
         return self.end_sigma < sigma <= self.start_sigma
 
-    def begin_call(self, sigma: float, keys: Sequence[Hashable], kinds: Sequence[int]) -> CallContext:
-        """A new call's context (the caller keeps it). ``keys``: the host's id of each batch chunk's cond
-        (ComfyUI's uuids; None where it has none), ``kinds`` its role (0 cond, 1 uncond, 2... third conds).
+    def begin_call(self, sigma: float | None, keys: Sequence[Hashable], kinds: Sequence[int],
+                   device: torch.device | None = None, step: int | None = None) -> CallContext:
+        """A new call's context (the caller keeps it: there is no "current" call). ``keys``: the host's id of
+        each batch chunk's cond (ComfyUI's uuids; None where it has none), ``kinds`` its role (0 cond, 1 uncond,
+        2... third conds). The step is ``step`` where the host knows it without reading the device (the
+        sampler's own step count, see ``nodes/patching.py``), else found from ``sigma``. ``device``: where the
+        call runs; on a step that skips, its cached residuals are gathered for it here, before the model runs.
+
         A cache entry is ``(key, kind, n)``: the n-th evaluation of that cond in that role at this sigma. So
         an uncond copy that shares its cond's uuid (ComfyUI's area conds) is an entry of its own, and an
         extra call of a cond at the same step (Skip Layer Guidance, a wrapper's extra evaluation) gets its own
-        entry rather than overwriting the sampler's own; however the calls are batched or split."""
-        """A new call's context (the caller keeps it: there is no "current" call)."""
-        step = self.step_index(sigma)
+        entry rather than overwriting the sampler's own; however the calls are batched or split. Entries are
+        numbered (small ints) the first time they are seen in the run."""
+        if step is None:
+            step = self.step_index(sigma)
+        else:
+            step = min(max(step, self.offset), self.offset + self.run_steps - 1)
+            sigma = self.sigmas[step - self.offset]
         with self._lock:                      # the first call of a step decides it, for every call of the step
             self.kinds_seen.update(kinds)
             new = step not in self.decisions
             if new:
-                if self.rule is not None and self.config.target is not None and self._plan is None \
-                        and step > self.offset:
-                    self._solve_target()
-                self.decisions[step] = bool(self.rule and self.rule.decide(step, self.kinds_seen, self.in_window(sigma)))
+                self._decide(step, sigma)
             skip = self.decisions[step]
-            entries = []
+            entries, own = [], []
             for key, kind in zip(keys, kinds):
                 role = (sigma, key, kind)
                 n = self._evaluations.get(role, 0)
                 self._evaluations[role] = n + 1
-                entries.append((key, kind, n))
+                entry = self._ids.setdefault((key, kind, n), len(self._ids))
+                self._kind_of[entry] = kind
+                entries.append(entry)
+                own.append(n == 0)
+        ctx = CallContext(step, sigma, entries, list(kinds), skip, own)
+        if skip and self.tea is None and device is not None:
+            if all(self.residuals.has_on(e, device) for e in entries):
+                ctx.residual = self.residuals.batch(entries, coefficients=self._coefficients(step, sigma, entries))
+            else:                             # nothing cached for some entry (yet) on this device: compute
+                ctx.skip = False
         if new and self.on_new_step:
             self.on_new_step(step - self.offset, self.run_steps)
-        return CallContext(step, sigma, entries, list(kinds), skip)
+        return ctx
+
+    def _decide(self, step: int, sigma: float) -> None:
+        """The step's decision (under the lock), and, offloading, what the next step will need on the device."""
+        if self.rule is not None and self.config.target is not None and self._plan is None and step > self.offset:
+            self._solve_target()
+        self.decisions[step] = bool(self.rule and self.rule.decide(step, self.kinds_seen, self.in_window(sigma)))
+        nxt = step + 1 - self.offset
+        self._next_skips = bool(self.rule is not None and nxt < self.run_steps
+                                and self.rule.peek(step + 1, self.kinds_seen, self.in_window(self.sigmas[nxt])))
+        if self.residuals.offload_device is not None:
+            if not self.decisions[step]:
+                # A computed step replaces the residuals: off the device while its blocks run (the copy, on a
+                # side stream, overlaps them), so they do not add to the step's peak memory.
+                self.residuals.offload(range(len(self._ids)))
+            elif self._next_skips:
+                self.residuals.prefetch(range(len(self._ids)))   # offloaded residuals the next (skipped) step uses
 
     @property
     def _memo_key(self) -> tuple[int, int, int]:
@@ -221,45 +264,58 @@ class RunState:
         (log.info if self.plan.met else log.warning)("MagCache [%s]: %s", self.config.label, self.plan.describe())
 
     # -- the blocks -------------------------------------------------------------------------
+    # ``enter_blocks`` and ``leave_blocks`` run inside the model's forward (a compiled region under
+    # torch.compile): for MagCache and calibration they only branch on what ``begin_call`` decided and keep
+    # tensors on the call's context; everything else (storing residuals, calibration statistics, locks,
+    # dictionaries) waits for ``end_call``, after the model returned. TeaCache must read its indicator there.
     def enter_blocks(self, ctx: CallContext, stream_in: torch.Tensor, modulated: torch.Tensor | None = None) -> None:
-        if self.tea is not None:
-            if modulated is None:
-                raise RuntimeError("TeaCache needs the modulated input of the first block")
-            chunks = modulated.chunk(len(ctx.keys))
-            for key, chunk in zip(ctx.keys, chunks):
-                k = (ctx.step, key)
-                if k not in self.key_decisions:     # a 2nd call in one step (2nd-order samplers) reuses it
-                    self.key_decisions[k] = self.tea.decide(ctx.step, key, chunk, self.in_window(ctx.sigma))
-            ctx.skip_keys = {key for key in ctx.keys if self.key_decisions[(ctx.step, key)]}
-        elif ctx.skip:
-            ctx.skip_keys = set(ctx.keys)
-        if self.record_indicator and modulated is not None:
-            for key, kind, chunk in zip(ctx.keys, ctx.kinds, modulated.chunk(len(ctx.keys))):
-                if key[2] == 0:                   # the curve is the sampler's own evaluations, no extra calls
-                    self.recorder.record_input(key, kind, ctx.step, chunk)
+        ctx.entered = True
         if self.fb is not None:
             # first_blocks: the first blocks run on every step; confirm_first_blocks decides after them, where the
             # step's MagCache decision (the prior) allows a skip.
-            ctx.prior, ctx.skip, ctx.skip_keys = ctx.skip, False, set()
-            ctx.probing = True
+            ctx.prior, ctx.skip, ctx.probing = ctx.skip, False, True
             ctx.stream_in = stream_in.clone()
             return
-        # An entry or a shape this run has no residual for yet (new cond, new resolution), or whose
-        # residual another device computed, computes.
-        chunk_shape = (stream_in.shape[0] // len(ctx.keys),) + tuple(stream_in.shape[1:])
-        ctx.skip_keys = {key for key in ctx.skip_keys if self.residuals.has(key, chunk_shape, stream_in.device)}
-        ctx.skip = bool(ctx.skip_keys) and ctx.skip_keys == set(ctx.keys)
-        if ctx.skip:
-            ctx.skip_out = stream_in + self._cached(ctx, ctx.keys, stream_in)
-            return
+        if self.tea is not None:
+            self._tea_enter(ctx, stream_in, modulated)
+        elif ctx.skip:
+            r = ctx.residual
+            if r is None:                     # a host that did not say the device in begin_call
+                r = self.residuals.get_batch(ctx.keys, stream_in, self._coefficients(ctx.step, ctx.sigma, ctx.keys))
+            if r is not None and r.shape == stream_in.shape:
+                ctx.skip_out = stream_in + (r if r.dtype == stream_in.dtype else r.to(stream_in.dtype))
+                return
+            ctx.skip = False                  # a residual of another shape (new resolution): compute
+        if self.record_indicator and modulated is not None:
+            ctx.input_l1 = [self.recorder.input_change(key, chunk) if own else None
+                            for key, own, chunk in zip(ctx.keys, ctx.own, modulated.chunk(len(ctx.keys)))]
         # A copy: blocks may update their input in place (ComfyUI's FLUX double blocks do `img += ...`).
         ctx.stream_in = stream_in.clone()
 
+    def _tea_enter(self, ctx: CallContext, stream_in: torch.Tensor, modulated: torch.Tensor | None) -> None:
+        if modulated is None:
+            raise RuntimeError("TeaCache needs the modulated input of the first block")
+        for key, chunk in zip(ctx.keys, modulated.chunk(len(ctx.keys))):
+            k = (ctx.step, key)
+            if k not in self.key_decisions:     # a 2nd call in one step (2nd-order samplers) reuses it
+                self.key_decisions[k] = self.tea.decide(ctx.step, key, chunk, self.in_window(ctx.sigma))
+        # An entry or a shape this run has no residual for yet (new cond, new resolution), or whose
+        # residual another device computed, computes.
+        chunk_shape = (stream_in.shape[0] // len(ctx.keys),) + tuple(stream_in.shape[1:])
+        ctx.skip_keys = frozenset(key for key in ctx.keys if self.key_decisions[(ctx.step, key)]
+                                  and self.residuals.has(key, chunk_shape, stream_in.device))
+        ctx.skip = bool(ctx.skip_keys) and len(ctx.skip_keys) == len(set(ctx.keys))
+        if ctx.skip:
+            ctx.skip_out = stream_in + self._cached(ctx, ctx.keys, stream_in)
+        else:
+            ctx.stream_in = stream_in.clone()
+
     def confirm_first_blocks(self, ctx: CallContext, stream_mid: torch.Tensor) -> None:
         """first_blocks: the call's first blocks have run and ``stream_mid`` left them. Decides, per entry, whether
-        the remaining blocks are skipped (``firstblock.py``); one host sync (the entries' changes, read at once).
-        After it, ``ctx.skip`` says whether every entry skips (then ``ctx.skip_out`` is the last block's stream),
-        and ``ctx.stream_in`` is what the remaining blocks' residual is measured from."""
+        the remaining blocks are skipped (``firstblock.py``); one host sync (the entries' changes, read at once;
+        under torch.compile a graph break here). After it, ``ctx.skip`` says whether every entry skips (then
+        ``ctx.skip_out`` is the last block's stream), and ``ctx.stream_in`` is what the remaining blocks' residual
+        is measured from."""
         ctx.probing = False
         n = len(ctx.keys)
         probe = stream_mid - ctx.stream_in
@@ -267,7 +323,7 @@ class RunState:
         refs = [self._probe_ref.get(key) for key in ctx.keys]
         ok = [i for i, r in enumerate(refs) if r is not None and tuple(r.shape) == chunk_shape and r.device == probe.device]
         changes: list[float | None] = [None] * n
-        if ok:
+        if ok and ctx.prior:
             cur = probe if len(ok) == n else torch.cat([probe.chunk(n)[i] for i in ok])
             ref = refs[ok[0]] if len(ok) == 1 else torch.cat([refs[i] for i in ok])
             for i, v in zip(ok, relative_changes(cur, ref, len(ok)).tolist()):
@@ -282,31 +338,37 @@ class RunState:
                     skip.add(key)
                 else:                               # no residual of this shape yet: it computes
                     self.fb.computed(key)
-        ctx.skip_keys, ctx.probe = skip, probe
-        ctx.skip = bool(skip) and skip == set(ctx.keys)
+        ctx.skip_keys, ctx.probe = frozenset(skip), probe
+        ctx.skip = bool(skip) and len(skip) == len(set(ctx.keys))
         if ctx.skip:
-            ctx.skip_out = stream_mid + self._cached(ctx, ctx.keys, stream_mid)
+            r = ctx.residual
+            if r is None or r.shape != stream_mid.shape:
+                r = self._cached(ctx, ctx.keys, stream_mid)
+            ctx.skip_out = stream_mid + (r if r.dtype == stream_mid.dtype else r.to(stream_mid.dtype))
             ctx.stream_in = None
         else:
             ctx.stream_in = stream_mid.clone()      # the remaining blocks may update it in place
 
     def _cached(self, ctx: CallContext, keys, like: torch.Tensor) -> torch.Tensor:
         """The residual a skipped ``ctx`` adds for ``keys``: the last one as it is, or extrapolated (``extrapolate``)."""
-        if self.config.extrapolate == "off":
-            return self.residuals.get_batch(keys, like)
-        return self.residuals.get_batch(keys, like, [self.extrapolation(ctx.step, ctx.sigma, key) for key in keys])
+        return self.residuals.get_batch(keys, like, self._coefficients(ctx.step, ctx.sigma, keys))
 
-    def extrapolation(self, step: int, sigma: float, key) -> tuple[float, float]:
-        """(a, b): the residual used at ``step`` / ``sigma`` for ``key`` is ``a * last + b * previous`` (host floats,
-        no device work). "step" / "sigma": first order through the last two computed residuals, by the distance
-        in steps or in sigma (a = 1 + w, b = -w, w = distance from the last / distance between the two);
+    def _coefficients(self, step: int, sigma: float, entries) -> list[tuple[float, float]] | None:
+        if self.config.extrapolate == "off":
+            return None
+        return [self.extrapolation(step, sigma, e) for e in entries]
+
+    def extrapolation(self, step: int, sigma: float, entry: int) -> tuple[float, float]:
+        """(a, b): the residual used at ``step`` / ``sigma`` for ``entry`` is ``a * last + b * previous`` (host
+        floats, no device work). "step" / "sigma": first order through the last two computed residuals, by the
+        distance in steps or in sigma (a = 1 + w, b = -w, w = distance from the last / distance between the two);
         "ratio": the last one times the curve's product of ratios since it was made."""
         form = self.config.extrapolate
-        last, before = self.residuals.history(key)
+        last, before = self.residuals.history(entry)
         if form == "off" or last is None:
             return 1.0, 0.0
         if form == "ratio":
-            curve = self._curve_of(key[1] if isinstance(key, tuple) and len(key) == 3 else 0)
+            curve = self._curve_of(self._kind_of.get(entry, 0))
             ratio = 1.0
             for t in range(last[0] + 1, step + 1):
                 ratio *= curve[t] if t < len(curve) else 1.0
@@ -321,50 +383,71 @@ class RunState:
         return 1.0 + w, -w
 
     def leave_blocks(self, ctx: CallContext, stream_out: torch.Tensor) -> torch.Tensor | None:
-        """Store the residual of the entries that computed. Returns the stream to continue with
-        when some entries of the batch take their cached residual instead (TeaCache, first_blocks), else None."""
-        n = len(ctx.keys)
+        """Note the stream leaving the last block of a computed call (``end_call`` stores the residual).
+        Returns the stream to continue with when some entries of the batch take their cached residual
+        instead (TeaCache, first_blocks), else None."""
         if ctx.probing:
             # first_blocks, but the block that confirms never ran in this call (another patch replaced ours for it):
             # every block computed; what it measured is not the remaining blocks' residual, so nothing is stored.
             ctx.probing = False
             return None
-        residual = stream_out - ctx.stream_in
+        # The residual now: a model may change the stream in place after its last block (Wan S2V's audio
+        # injector), and the stream entering the blocks is needed no longer.
+        ctx.new_residual = stream_out - ctx.stream_in
+        if not ctx.skip_keys:
+            ctx.stream_in = None
+            return None
+        self._store(ctx)
+        n = len(ctx.keys)
+        outs, ins = stream_out.chunk(n), ctx.stream_in.chunk(n)
+        return torch.cat([outs[i] if key not in ctx.skip_keys else ins[i] + self._cached(ctx, [key], ins[i])
+                          for i, key in enumerate(ctx.keys)])
+
+    def _store(self, ctx: CallContext) -> None:
+        """Store the residual of the entries that computed, and record them when calibrating."""
+        ctx.stored = True
+        residual = ctx.new_residual                     # leave_blocks left the residual there
+        n = len(ctx.keys)
         computed = [i for i, key in enumerate(ctx.keys) if key not in ctx.skip_keys]
-        res_chunks = residual.chunk(n)
-        self.residuals.put_batch([ctx.keys[i] for i in computed], [res_chunks[i] for i in computed],
-                                 at=(ctx.step, ctx.sigma))
+        keep = self._next_skips and self.tea is None
+        at = (ctx.step, ctx.sigma)
+        if len(computed) == n:
+            self.residuals.put_batch(ctx.keys, residual, keep, at)
+        else:
+            res_chunks = residual.chunk(n)
+            self.residuals.put_batch([ctx.keys[i] for i in computed], [res_chunks[i] for i in computed], keep, at)
         if ctx.probe is not None:                 # first_blocks: the reference their next changes are measured from
             probes = ctx.probe.chunk(n)
             for i in computed:
                 self._probe_ref[ctx.keys[i]] = probes[i]
         if self.recorder is not None:
+            res_chunks = residual.chunk(n)
             for i in computed:
-                if ctx.keys[i][2] == 0:           # the curve is the sampler's own evaluations, no extra calls
+                if ctx.own[i]:                 # the curve is the sampler's own evaluations, no extra calls
+                    if ctx.input_l1 is not None:
+                        self.recorder.add_input(ctx.kinds[i], ctx.step, ctx.input_l1[i])
                     self.recorder.record(ctx.keys[i], ctx.kinds[i], ctx.step, res_chunks[i])
-        if not ctx.skip_keys:
-            return None
-        outs, ins = stream_out.chunk(n), ctx.stream_in.chunk(n)
-        return torch.cat([outs[i] if key not in ctx.skip_keys else ins[i] + self._cached(ctx, [key], ins[i])
-                          for i, key in enumerate(ctx.keys)])
 
     @staticmethod
     def entered_blocks(ctx: CallContext) -> bool:
         """Whether ``enter_blocks`` ran for this call (call it before ``end_call``)."""
-        return ctx.stream_in is not None or ctx.skip_out is not None
+        return ctx.entered
 
     def blocks_bypassed(self, ctx: CallContext) -> None:
         """The host ran the model, but its blocks never came through ``enter_blocks`` (a forward that
         bypasses the host's block hooks): the call computed everything, whatever was decided, and
         leaves no residual."""
-        ctx.skip, ctx.skip_keys = False, set()
+        ctx.skip, ctx.skip_keys = False, frozenset()
         self.bypassed_calls += 1
 
     def end_call(self, ctx: CallContext) -> None:
-        # Only the sampler's own evaluations (n == 0) count as the step computing: an extra call of a cond
-        # (Skip Layer Guidance...) that computes on a skipped step leaves the schedule as it was.
+        """After the model returned: store what the call computed, and the step's bookkeeping."""
+        if not ctx.skip and ctx.new_residual is not None and not ctx.stored:
+            self._store(ctx)
+        # Only the sampler's own evaluations count as the step computing: an extra call of a cond (Skip Layer
+        # Guidance...) that computes on a skipped step leaves the schedule as it was.
         if not ctx.skip:
-            own = any(key[2] == 0 for key in ctx.keys if key not in ctx.skip_keys)
+            own = any(o for key, o in zip(ctx.keys, ctx.own) if key not in ctx.skip_keys)
             with self._lock:
                 if own:
                     self.computed_steps.add(ctx.step)
@@ -374,7 +457,7 @@ class RunState:
                     for key in ctx.keys:
                         if key not in ctx.skip_keys and self.key_decisions.get((ctx.step, key)):
                             self.tea.computed(key)
-        ctx.stream_in = ctx.skip_out = ctx.probe = None
+        ctx.stream_in = ctx.new_residual = ctx.skip_out = ctx.residual = ctx.input_l1 = ctx.probe = None
 
     # -- end of run -------------------------------------------------------------------------
     @property
@@ -407,6 +490,8 @@ class RunState:
 
     def release(self) -> None:
         self._evaluations.clear()
+        self._ids.clear()
+        self._kind_of.clear()
         self.residuals.clear()
         self._probe_ref.clear()
         if self.fb is not None:

@@ -42,7 +42,7 @@ import comfy.utils
 from ..magcache_core import CallContext, RunConfig, RunState
 from ..strategies import BlockStrategy, Strategy
 from . import report
-from .schedule import drops_penultimate, locate, unusable
+from .schedule import CLOCKED_SAMPLERS, drops_penultimate, locate, sampler_name, unusable
 
 KEY = "comfyui-magcache"                 # wrapper key
 RUN_KEY = "comfyui_magcache_run"         # transformer_options key holding the current run
@@ -57,6 +57,48 @@ class Run:
 
     state: RunState
     strategy: Strategy
+    clock: "StepClock | None" = None
+
+
+class StepClock:
+    """The step a model call belongs to, from the sampler's own count: ComfyUI's samplers report each
+    finished step ``i`` through their callback, so the next calls are step ``i + 1``. Reading the step from
+    the call's sigma instead would read a GPU tensor on every call: a host sync, which stops the CPU from
+    queueing a skipped step while the GPU still runs the step before. Used only for the samplers listed in
+    ``schedule.CLOCKED_SAMPLERS``, whose every call sits at its step's own sigma (a test checks each, against
+    the sigma); where the call's sigma is on the CPU anyway (no sync to save), it is checked on every call,
+    and a disagreement switches the run back to reading sigmas."""
+
+    def __init__(self):
+        self.next = 0                  # the run's step (0 = its first) the next call belongs to
+        self.trusted = True
+
+    def step_done(self, i) -> None:
+        self.next = int(i) + 1
+
+
+CHECK_CLOCK_ON_CPU = True      # the CPU has no sync to save: check the clock against each call's sigma there
+
+
+def clocked(sampler) -> StepClock | None:
+    return StepClock() if sampler_name(sampler, CLOCKED_SAMPLERS) is not None else None
+
+
+def _with_callback(clock: StepClock, args, kwargs):
+    """outer_sample's arguments with its callback (6th) wrapped so that it also advances ``clock``."""
+    args = list(args)
+    user = args[5] if len(args) > 5 else kwargs.get("callback")
+
+    def callback(step, *rest, **kw):
+        clock.step_done(step)
+        if user is not None:
+            return user(step, *rest, **kw)
+
+    if len(args) > 5:
+        args[5] = callback
+    else:
+        kwargs = {**kwargs, "callback": callback}
+    return tuple(args), kwargs
 
 
 @dataclass
@@ -132,7 +174,9 @@ def _outer_sample(config: RunConfig, strategy: Strategy, on_success, reporter, e
     state = RunState(config, sigmas.tolist(), window, on_new_step=progress, offset=offset, total_steps=total,
                      record_indicator=strategy.supports_teacache,
                      blocks=len(strategy.block_keys) if isinstance(strategy, BlockStrategy) else None)
-    run = Run(state, strategy)
+    run = Run(state, strategy, clocked(sampler))
+    if run.clock is not None:                   # the sampler tells each finished step through its callback
+        args, kwargs = _with_callback(run.clock, args, kwargs)
     orig_options = guider.model_options
     guider.model_options = comfy.model_patcher.create_model_options_clone(orig_options)
     guider.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
@@ -170,7 +214,8 @@ def _apply_model(executor, x, t, *args, **kwargs):
     if len(keys) != len(kinds):
         keys = [None] * len(kinds)       # no ids: a cond is then told apart by its role and evaluation only
     state = run.state
-    ctx = state.begin_call(float(t.flatten()[0]), keys, kinds)
+    sigma, step = _step_of(run, t)
+    ctx = state.begin_call(sigma, keys, kinds, device=x.device, step=step)
     call = Call(run, ctx, getattr(executor.class_obj, "diffusion_model", None))
     outer = to.get(CALL_KEY)
     to[CALL_KEY] = call                  # this call's dict (ComfyUI makes one per call, and per thread)
@@ -194,6 +239,22 @@ def _apply_model(executor, x, t, *args, **kwargs):
         else:
             to[CALL_KEY] = outer
         state.end_call(ctx)
+
+
+def _step_of(run: Run, t) -> tuple[float | None, int | None]:
+    """(sigma, None), or (None, step) from the run's clock without reading the device."""
+    clock = run.clock
+    if clock is None or not clock.trusted:
+        return float(t.flatten()[0]), None
+    step = run.state.offset + clock.next
+    if CHECK_CLOCK_ON_CPU and t.device.type == "cpu":      # free to check here
+        sigma = float(t.flatten()[0])
+        if run.state.step_index(sigma) != min(step, run.state.offset + run.state.run_steps - 1):
+            clock.trusted = False
+            log.warning("MagCache: this sampler's calls do not follow its step callbacks; the run reads each "
+                        "call's sigma instead")
+            return sigma, None
+    return None, step
 
 
 def _model_level_call(call: Call, executor, x, sigma, args, kwargs):
@@ -233,34 +294,40 @@ class BlockPatch:
                                                           index=self.index)
 
     def __call__(self, args, extra):
+        # Inside the model's forward (compiled under torch.compile): plain attribute reads and branches on
+        # what the call decided before the model ran; the bookkeeping waits for the end of the call.
         to = args.get("transformer_options")
-        call: Call | None = (to.get(CALL_KEY) if isinstance(to, dict) else None) or _CALL.get()
-        if call is None:                   # not inside a patched run's model call
-            return self._compute(args, extra)
-        ctx, state, s = call.ctx, call.run.state, call.run.strategy
+        call: Call | None = to.get(CALL_KEY) if to is not None else None
+        if call is None:
+            call = _CALL.get()
+            if call is None:               # not inside a patched run's model call
+                return self._compute(args, extra)
+        ctx = call.ctx
         if self.first:
+            run = call.run
+            s, state = run.strategy, run.state
             modulated = s.modulated_input(call.diffusion_model, args) if state.needs_modulated_input else None
             state.enter_blocks(ctx, s.stream_in(self.key, args), modulated)
-        elif not state.entered_blocks(ctx):
+        elif not ctx.entered:
             # Our first block's patch did not run in this call: another patch replaced it for this call only
             # (Skip Layer Guidance on block 0). The blocks compute as they would without the pack.
             return self._compute(args, extra)
         if ctx.skip:                       # every block passes through; the last returns input + residual
+            s = call.run.strategy
             if self.last:
                 return s.with_stream(self.key, args, ctx.skip_out)
-            if self.first:
-                # A copy: models add to the stream in place between blocks (VACE hints), which must
-                # not reach the embedding they reuse.
-                return s.with_stream(self.key, args, s.stream_in(self.key, args).clone())
+            # The stream goes on as it came (no copy): whatever a model adds to it between skipped blocks
+            # (VACE hints, in place) is dropped with it at the last block, which returns skip_out, made before.
             return s.passthrough(self.key, args)
         out = self._compute(args, extra)
-        if ctx.probing and self.index == state.config.first_blocks.blocks - 1:
+        if ctx.probing and self.index == call.run.state.config.first_blocks.blocks - 1:
             # first_blocks: the first N blocks have run; the remaining ones are skipped if the content confirms.
             # What they pass on is this block's output as it is; on a skip the last block returns skip_out.
-            state.confirm_first_blocks(ctx, s.stream_out(self.key, out, ctx.stream_in.shape[1]))
+            s = call.run.strategy
+            call.run.state.confirm_first_blocks(ctx, s.stream_out(self.key, out, ctx.stream_in.shape[1]))
         if self.last:
-            mixed = state.leave_blocks(ctx, s.stream_out(self.key, out, ctx.stream_in.shape[1]))
+            s = call.run.strategy
+            mixed = call.run.state.leave_blocks(ctx, s.stream_out(self.key, out, ctx.stream_in.shape[1]))
             if mixed is not None:          # some conds of this batch take their cached residual
                 return s.with_stream(self.key, out, mixed)
         return out
-

@@ -28,6 +28,18 @@ log = logging.getLogger("comfyui-magcache")
 MAX_TOTAL_STEPS = 300
 MAX_SLICE_FRACTION = 4          # look for schedules up to 4x the slice (denoise >= 0.25, step ranges >= 1/4)
 OFF_SCHEDULE_SAMPLERS = ("dpm_fast", "dpm_adaptive")   # call the model at sigmas of their own choosing
+# Samplers that report each step through their callback before any call at a later sigma: one call per step
+# at its own sigma, or (heun, uni_pc, sa_solver) a second call at the next step's sigma after the callback. A
+# call's step is then known without reading its sigma from the device (patching.StepClock);
+# tests/test_step_clock.py checks each against the sigma. Left out: samplers with a second call between two
+# sigmas (dpm_2, dpmpp_2s_ancestral, dpmpp_sde, seeds_2/3, exp_heun_2...), where it would not hold, also the
+# ancestral ones that agree only where their midpoint happens to fall below the next sigma.
+CLOCKED_SAMPLERS = ("euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "lms", "dpmpp_2m",
+                    "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun",
+                    "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "ipndm_v",
+                    "deis", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
+                    "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp",
+                    "er_sde", "ddim", "heun", "sa_solver", "uni_pc", "uni_pc_bh2")
 _CACHE_SIZE = 64
 _located: OrderedDict = OrderedDict()
 

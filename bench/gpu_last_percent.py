@@ -1,0 +1,327 @@
+"""How close the pack gets to the physical limit of block caching, on a FLUX.1-dev-sized or a Wan 2.1 14B-sized
+model (ComfyUI's own classes, random bf16 weights), whole ``comfy.sample.sample`` runs on one GPU.
+
+The limit for a schedule with C computed and S skipped steps is C * full + S * skip, where full is the
+unpatched run's time per step and skip the time per step of a run whose every block is replaced by identity
+(``identity``: ComfyUI's block-replace patches returning their input; embeddings, final layer and sampler still
+run). ratio = limit / measured (1 = the schedule's floor; above 1 is possible where a skipped step's launches
+overlap a computed step's GPU work).
+
+Configs:
+  unpatched            plain ComfyUI
+  identity             every block replaced by identity (the skip floor; its output is meaningless)
+  magcache             MagCacheApply (FLUX "flux" 0.24 / 0.1 / K 5; Wan "wan2.1_t2v_14B" 0.24 / 0.2 / K 6)
+  magcache_offload     the same, cache_device "cpu" (residuals offloaded to pinned host memory)
+  teacache             TeaCacheApply (FLUX "flux" 0.6; Wan "wan2.1_t2v_14B" 0.2)
+  thresh0              MagCacheApply at threshold 0 (never skips: the cost of the patches; bit-identical)
+  calibrate            MagCacheCalibrate
+  easycache            ComfyUI's EasyCache node, reuse_threshold 0.2 (its default)
+  compiled_unpatched, compiled_identity, compiled_magcache
+                       the same under ComfyUI's TorchCompileModel (inductor); graph breaks, recompiles and
+                       compiled frames are counted (torch._dynamo counters) per config
+
+Per config: --warmup untimed runs, --reps timed runs, the median; peak memory over the timed runs.
+
+    python bench/gpu_last_percent.py --comfyui PATH --model flux --out r.json
+    python bench/gpu_last_percent.py --comfyui PATH --model wan14b --steps 6 --reps 2 --warmup 0 --out r.json
+    python bench/gpu_last_percent.py --comfyui PATH --model flux --tiny --out /tmp/r.json      # CPU smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SUMMARY_RE = re.compile(r"computed (\d+)/(\d+) steps (\[[0-9, ]*\])")
+
+FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
+                hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38,
+                axes_dim=[16, 56, 56], theta=10000, qkv_bias=True, guidance_embed=True, patch_size=2)
+WAN_14B = dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=5120,
+               ffn_dim=13824, freq_dim=256, text_dim=4096, out_dim=16, num_heads=40, num_layers=40,
+               window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6)
+TINY = {"flux": dict(FLUX_DEV, vec_in_dim=32, context_in_dim=48, hidden_size=64, mlp_ratio=2.0, num_heads=2,
+                     depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12]),
+        "wan14b": dict(WAN_14B, dim=64, ffn_dim=128, freq_dim=32, text_dim=48, num_heads=2, num_layers=2)}
+SETTINGS = {"flux": dict(preset="flux", mag=(0.24, 0.1, 5), tea=0.6, cfg=1.0),
+            "wan14b": dict(preset="wan2.1_t2v_14B", mag=(0.24, 0.2, 6), tea=0.2, cfg=5.0)}
+CONFIGS = ["unpatched", "identity", "magcache", "magcache_offload", "teacache", "thresh0", "calibrate", "easycache",
+           "compiled_unpatched", "compiled_identity", "compiled_magcache"]
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--comfyui", required=True)
+    p.add_argument("--model", choices=sorted(SETTINGS), default="flux")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=28)
+    p.add_argument("--size", type=int, default=1024, help="FLUX: image side in pixels")
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--frames", type=int, default=81)
+    p.add_argument("--tokens", type=int, default=512)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--budget-s", type=float, default=1e9, help="skip the remaining configs after this many seconds")
+    p.add_argument("--tiny", action="store_true")
+    return p.parse_args()
+
+
+class Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def identity_patches(m, strategy):
+    """A clone whose every block (the pack's strategy names them) returns its input unchanged."""
+    m = m.clone()
+    for key in strategy.block_keys:
+        m.set_model_patch_replace(lambda args, extra, s=strategy, k=key: s.passthrough(k, args), "dit", key[0], key[1])
+    return m
+
+
+def easycache_module():
+    """ComfyUI's own EasyCache node module, or None where it cannot import: its module imports
+    comfy_api.latest, which needs PyAV (not installed on the GPU machine, too large to carry there)."""
+    try:
+        import comfy_extras.nodes_easycache as ec
+        return ec
+    except ImportError as e:
+        print(f"easycache: cannot import ComfyUI's EasyCache here ({e}); skipped", flush=True)
+        return None
+
+
+def main():
+    a = parse_args()
+    t_start = time.perf_counter()
+    sys.path.insert(0, str(Path(a.comfyui).resolve()))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    import torch
+    import comfy.cli_args
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        comfy.cli_args.args.cpu = True
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sample
+    import comfy.supported_models as sm
+    import folder_paths
+    folder_paths.set_user_directory(tempfile.mkdtemp(prefix="magcache-bench-user-"))
+    spec = importlib.util.spec_from_file_location("comfyui_magcache", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["comfyui_magcache"] = pack
+    spec.loader.exec_module(pack)
+    nodes = pack.NODE_CLASS_MAPPINGS
+    from comfyui_magcache.strategies import detect
+    capture = Capture()
+    lg = logging.getLogger("comfyui-magcache")
+    lg.addHandler(capture)
+    lg.setLevel(logging.INFO)
+    lg.propagate = False
+
+    dev = torch.device("cuda") if cuda else torch.device("cpu")
+    dtype = torch.bfloat16
+    st = SETTINGS[a.model]
+    config = TINY[a.model] if a.tiny else (FLUX_DEV if a.model == "flux" else WAN_14B)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_zoo import fitted
+    t0 = time.perf_counter()
+    mc = (sm.Flux if a.model == "flux" else sm.WAN21_T2V)(fitted(config))
+    mc.set_inference_dtype(dtype, None)
+    model = mc.get_model({}, device=dev)
+    dm = model.diffusion_model
+    g = torch.Generator(device=dev).manual_seed(a.seed)
+    with torch.no_grad():
+        for prm in dm.parameters():
+            prm.normal_(0.0, 0.02, generator=g)
+    dm.eval()
+    base = comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=dev)
+    n_params = sum(p.numel() for p in dm.parameters())
+    print(f"built {type(dm).__name__}: {n_params / 1e9:.3f} B params in {time.perf_counter() - t0:.1f} s", flush=True)
+    strategy = detect(base)
+
+    first = dm.double_blocks[0] if a.model == "flux" else dm.blocks[0]
+    block0 = [0]
+    hook = [None]
+
+    def count_block0(on: bool):
+        """A forward pre-hook counting block 0's calls; off under torch.compile (dynamo would guard on the count
+        and recompile every call), where the pack's own summary line gives the computed steps."""
+        if on and hook[0] is None:
+            hook[0] = first.register_forward_pre_hook(lambda mod, args: block0.__setitem__(0, block0[0] + 1))
+        elif not on and hook[0] is not None:
+            hook[0].remove()
+            hook[0] = None
+
+    gc = torch.Generator().manual_seed(a.seed + 1)
+    if a.model == "flux":
+        mk = lambda: [[torch.randn(1, a.tokens, config["context_in_dim"], generator=gc).to(dtype),  # noqa: E731
+                       {"pooled_output": torch.randn(1, config["vec_in_dim"], generator=gc), "guidance": 3.5}]]
+        side = 64 // 8 if a.tiny else a.size // 8
+        latent = torch.zeros(1, 16, side, side)
+    else:
+        mk = lambda: [[torch.randn(1, a.tokens, config["text_dim"], generator=gc).to(dtype), {}]]  # noqa: E731
+        w, h, f = (64, 64, 5) if a.tiny else (a.width, a.height, a.frames)
+        latent = torch.zeros(1, 16, (f - 1) // 4 + 1, h // 8, w // 8)
+    positive, negative = mk(), mk()
+    noise = comfy.sample.prepare_noise(latent, a.seed + 2)
+    ec_note = None
+
+    def make(name):
+        nonlocal ec_note
+        plain = name.removeprefix("compiled_")
+        m = base
+        if name.startswith("compiled_"):
+            from comfy_api.torch_helpers import set_torch_compile_wrapper
+            m = base.clone()
+            set_torch_compile_wrapper(m, backend="inductor")
+        if plain == "unpatched":
+            return m
+        if plain == "identity":
+            return identity_patches(m, strategy)
+        if plain == "magcache":
+            return nodes["MagCacheApply"]().apply(m, st["preset"], *st["mag"])[0]
+        if plain == "magcache_offload":
+            return nodes["MagCacheApply"]().apply(m, st["preset"], *st["mag"], cache_device="cpu")[0]
+        if plain == "thresh0":
+            return nodes["MagCacheApply"]().apply(m, st["preset"], 0.0, *st["mag"][1:])[0]
+        if plain == "teacache":
+            return nodes["TeaCacheApply"]().apply(m, st["preset"], st["tea"])[0]
+        if plain == "calibrate":
+            return nodes["MagCacheCalibrate"]().calibrate(m, f"bench_{a.model}")[0]
+        if plain == "easycache":
+            ec = easycache_module()
+            if ec is None:
+                ec_note = "ComfyUI's EasyCache could not be imported here (PyAV missing): not measured"
+                return None
+            return ec.EasyCacheNode.execute(m, 0.2, 0.15, 0.95, False)[0]
+        raise KeyError(name)
+
+    def run(m):
+        n_lines = len(capture.lines)
+        block0[0] = 0
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = comfy.sample.sample(m, noise, a.steps, st["cfg"], "euler", "simple", positive, negative, latent,
+                                  disable_pbar=True, seed=a.seed + 2)
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+        summary = None
+        for ln in capture.lines[n_lines:]:
+            mm = SUMMARY_RE.search(ln)
+            if mm:
+                summary = dict(computed=int(mm.group(1)), seen=int(mm.group(2)), steps=json.loads(mm.group(3)))
+        return out.float().cpu(), wall, block0[0], summary
+
+    calls_per_step = 1                     # cond and uncond batched: one model call per step
+    configs = [c.strip() for c in a.configs.split(",") if c.strip()]
+    unknown = set(configs) - set(CONFIGS)
+    if unknown:
+        sys.exit(f"unknown configs {sorted(unknown)}; known: {CONFIGS}")
+    results, outs, skipped = {}, {}, []
+    if a.warmup == 0:                       # one short run first, so the first config does not pay the start-up
+        comfy.sample.sample(base, noise, 1, st["cfg"], "euler", "simple", positive, negative, latent,
+                            disable_pbar=True, seed=a.seed + 2)
+    for name in configs:
+        if time.perf_counter() - t_start > a.budget_s:
+            skipped.append(name)
+            continue
+        count_block0(not name.startswith("compiled_"))
+        m = make(name)
+        if m is None:
+            skipped.append(name)
+            continue
+        dyn = None
+        if name.startswith("compiled_"):
+            import torch._dynamo
+            from torch._dynamo.utils import counters
+            torch._dynamo.reset()
+            counters.clear()
+        tc = time.perf_counter()
+        warm = max(a.warmup, 1 if name.startswith("compiled_") else 0)
+        for _ in range(warm):
+            run(m)
+        warm_s = time.perf_counter() - tc
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        walls, o, calls, summary = [], None, None, None
+        for _ in range(a.reps):
+            o, wall, calls, summary = run(m)
+            walls.append(wall)
+        if name.startswith("compiled_"):
+            dyn = dict(graph_breaks=sum(counters["graph_break"].values()),
+                       graph_break_reasons=[k.split("\n")[0][:200] for k in counters["graph_break"]],
+                       unique_graphs=counters["stats"]["unique_graphs"], frames=dict(counters["frames"]),
+                       recompiles=dict(counters.get("recompiles", {})))
+        steps_computed = calls // calls_per_step
+        if name.startswith("compiled_"):
+            steps_computed = summary["computed"] if summary else (0 if name.endswith("identity") else a.steps)
+        r = dict(wall_s_median=statistics.median(walls), wall_s=walls, computed_steps=steps_computed,
+                 pack_summary=summary, warmup_s=warm_s, out_finite=bool(torch.isfinite(o).all()))
+        if cuda:
+            r["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        if dyn is not None:
+            r["dynamo"] = dyn
+        results[name], outs[name] = r, o
+        print(name, json.dumps({k: v for k, v in r.items() if k != "wall_s"}), flush=True)
+        del m
+
+    # The limit per schedule, eager and compiled.
+    for prefix in ("", "compiled_"):
+        full, skip = results.get(prefix + "unpatched"), results.get(prefix + "identity")
+        if full is None or skip is None:
+            continue
+        f, s = full["wall_s_median"] / a.steps, skip["wall_s_median"] / a.steps
+        for name, r in results.items():
+            if name.startswith("compiled_") != (prefix == "compiled_"):
+                continue
+            c = r["computed_steps"] if name != "identity" and not name.endswith("_identity") else 0
+            limit = c * f + (a.steps - c) * s
+            r["limit_s"] = limit
+            r["ratio_to_limit"] = limit / r["wall_s_median"]
+            r["speedup_vs_unpatched"] = full["wall_s_median"] / r["wall_s_median"]
+    ref = outs.get("unpatched")
+    for name, r in results.items():
+        if ref is not None and name in outs:
+            r["max_abs_diff_vs_unpatched"] = (outs[name] - ref).abs().max().item()
+    env = dict(torch=torch.__version__, cuda=torch.version.cuda, python=platform.python_version(),
+               gpu=torch.cuda.get_device_name(0) if cuda else None, params=n_params, args=vars(a),
+               comfyui=_version(a.comfyui), latent=list(latent.shape), cfg=st["cfg"], sampler="euler/simple",
+               skipped_for_budget=skipped, easycache_note=ec_note, total_s=time.perf_counter() - t_start)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(dict(env=env, results=results), indent=1))
+    print(f"\n{'config':<20} {'computed':>8} {'wall s':>8} {'ratio':>6} {'speedup':>7} {'peak GiB':>8} {'max|d|':>9}")
+    for name, r in results.items():
+        print(f"{name:<20} {r['computed_steps']:>5}/{a.steps:<2} {r['wall_s_median']:>8.3f} "
+              f"{r.get('ratio_to_limit', float('nan')):>6.3f} {r.get('speedup_vs_unpatched', float('nan')):>6.2f}x "
+              f"{r.get('peak_gib', float('nan')):>8.2f} {r.get('max_abs_diff_vs_unpatched', float('nan')):>9.3g}")
+
+
+def _version(root):
+    try:
+        return (Path(root) / "comfyui_version.py").read_text().split('"')[1]
+    except (OSError, IndexError):
+        return None
+
+
+if __name__ == "__main__":
+    main()
