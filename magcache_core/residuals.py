@@ -65,7 +65,6 @@ class ResidualStore:
             if self.keep_previous:
                 spare = self._prev.pop(e, None)
                 if old is not None and old.shape == tuple(chunk.shape) and old.device == chunk.device:
-                    old.batch = None                      # its batch tensor is not the new one's
                     self._prev[e] = old
                     if keep:
                         self.prefetch_previous([e])       # the next (skipped) step extrapolates from it
@@ -170,6 +169,11 @@ class ResidualStore:
         entries = tuple(entries)
         if coefficients is not None and any(a != 1.0 or (b != 0.0 and e in self._prev)
                                             for e, (a, b) in zip(entries, coefficients)):
+            whole = self._whole_batches(entries, coefficients)
+            if whole is not None:                       # stored together both times: one lerp, no cat
+                last, before, a = whole
+                out = torch.lerp(before, last, a)
+                return out if dtype is None or out.dtype == dtype else out.to(dtype)
             parts = [self._combined(e, a, b, dtype) for e, (a, b) in zip(entries, coefficients)]
             return parts[0] if len(parts) == 1 else torch.cat(parts)
         first = self._res[entries[0]]
@@ -184,6 +188,21 @@ class ResidualStore:
             if ready is not None and out.device.type == "cuda":
                 torch.cuda.current_stream(out.device).wait_event(ready)     # only where the copy back was needed
         return out if dtype is None or out.dtype == dtype else out.to(dtype)
+
+    def _whole_batches(self, entries: tuple, coefficients) -> tuple | None:
+        """(last batch, previous batch, a) where every entry has the same (a, 1 - a) and both residuals of all
+        of them are the batch tensors they were stored as, in this order, on the device (MagCache's batched CFG)."""
+        a, b = coefficients[0]
+        if any(c != (a, b) for c in coefficients) or abs(a + b - 1.0) >= 1e-12:
+            return None
+        last, prev = self._res.get(entries[0]), self._prev.get(entries[0])
+        if (last is None or prev is None or last.batch is None or prev.batch is None or last.batch[0] != entries
+                or prev.batch[0] != entries or last.tensor is None or prev.tensor is None
+                or any(self._prev.get(e) is None or self._prev[e].batch is None
+                       or self._prev[e].batch[1] is not prev.batch[1] for e in entries)
+                or last.batch[1].shape != prev.batch[1].shape):
+            return None
+        return last.batch[1], prev.batch[1], a
 
     def _on_device(self, table: dict, e: int) -> torch.Tensor:
         entry = table[e]

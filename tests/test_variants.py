@@ -2,6 +2,7 @@
 (first_blocks), in magcache_core alone and inside real ComfyUI (tiny FLUX and Wan from ComfyUI's classes)."""
 import contextlib
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from comfyui_magcache.magcache_core import RunConfig, RunState
 from comfyui_magcache.magcache_core.firstblock import FirstBlockParams, FirstBlockRule
 from comfyui_magcache.nodes.magcache_nodes import MagCacheApply, MagCacheRatios
 from comfyui_magcache.nodes.teacache_nodes import TeaCacheApply
+from test_hot_path import no_cpu_clock_check  # noqa: F401 (a fixture)
 from tiny_models import sample, tiny_flux, tiny_wan
 
 APPLY = MagCacheApply()
@@ -344,3 +346,35 @@ def test_comfy_teacache_extrapolates_too(flux):
     assert not torch.equal(plain, extrapolated) and not torch.equal(plain, ref)
     with pytest.raises(MagCacheInputError, match=r"^skipped_steps:"):
         TeaCacheApply().apply(flux, "flux", 0.6, skipped_steps="ratio")
+
+
+def test_extrapolated_skipped_step_syncs_nothing_and_gathers_before_the_model_runs(no_cpu_clock_check):
+    """Extrapolation's work is one lerp per skipped step (cond and uncond stored together: the two batches at
+    once, no cat), made when the step is decided, before the model runs; inside a skipped call the pack makes
+    what plain MagCache makes (input + residual), and no host sync anywhere in the model calls."""
+    from test_hot_path import SYNCS, PackTorchCalls, flat
+    from test_comfy_magcache import BlockSteps
+    model = tiny_wan(seed=3)
+    m = MagCacheApply().apply(model, "auto", 0.5, 0.2, 10, ratios=flat(), skipped_steps="extrapolate")[0]
+    spy = PackTorchCalls()
+    with BlockSteps(model) as ran, spy:
+        sample(m, steps=10, cfg=3.0)
+    assert ran.steps == [0, 1], ran.steps
+    skipped = spy.calls[True]
+    assert not (set(skipped) & SYNCS) and not (set(spy.calls[False]) & SYNCS), spy.calls
+    skipped.pop("__getitem__", None)
+    assert skipped == Counter({"add": 8}), skipped
+    assert spy.calls[None]["lerp"] == 8 and "cat" not in spy.calls[None], spy.calls[None]
+    assert not no_cpu_clock_check
+
+
+@pytest.mark.parametrize("kw", [dict(skipped_steps="extrapolate"),
+                                dict(skipped_steps="extrapolate", first_blocks=1, first_blocks_threshold=2.0)],
+                         ids=["extrapolate", "first_blocks extrapolated"])
+def test_comfy_cpu_offload_gives_the_same_result(wan, kw):
+    """The previous residuals are offloaded and brought back with the last ones (cache_device cpu)."""
+    ratios = custom([1.0] * 10)
+    a = sample(apply(wan, threshold=0.5, retention=0.0, k=3, ratios=ratios, **kw), steps=10, cfg=3.0)
+    b = sample(apply(wan, threshold=0.5, retention=0.0, k=3, ratios=ratios, cache_device="cpu", **kw), steps=10, cfg=3.0)
+    plain = sample(apply(wan, threshold=0.5, retention=0.0, k=3, ratios=ratios), steps=10, cfg=3.0)
+    assert torch.equal(a, b) and not torch.equal(a, plain)
