@@ -378,3 +378,29 @@ def test_comfy_cpu_offload_gives_the_same_result(wan, kw):
     b = sample(apply(wan, threshold=0.5, retention=0.0, k=3, ratios=ratios, cache_device="cpu", **kw), steps=10, cfg=3.0)
     plain = sample(apply(wan, threshold=0.5, retention=0.0, k=3, ratios=ratios), steps=10, cfg=3.0)
     assert torch.equal(a, b) and not torch.equal(a, plain)
+
+
+def test_torch_compile_sees_no_graph_break_from_extrapolation():
+    """As test_hot_path's check for plain MagCache: extrapolation adds no graph-break reason and no recompiles
+    (its lerp runs before the model, outside the compiled forward). first_blocks does break the graph at its
+    confirming block (it reads the change on the host), so it is not checked here; the README says so."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+    comp = tiny_flux(seed=6).clone()
+    set_torch_compile_wrapper(comp, backend="eager")
+
+    def measure(m, runs=3):
+        torch._dynamo.reset()
+        counters.clear()
+        graphs = []
+        for _ in range(runs):
+            sample(m, steps=10)
+            graphs.append(counters["stats"]["unique_graphs"])
+        return set(counters["graph_break"]), graphs
+
+    plain_reasons, plain_graphs = measure(MagCacheApply().apply(comp, "flux", 0.24, 0.1, 5)[0])
+    reasons, graphs = measure(MagCacheApply().apply(comp, "flux", 0.24, 0.1, 5, skipped_steps="extrapolate")[0])
+    assert reasons <= plain_reasons, reasons - plain_reasons
+    assert graphs[0] == graphs[-1] and graphs[0] <= plain_graphs[0], (graphs, plain_graphs)
