@@ -17,6 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
+# The largest settings the front ends accept (the nodes' input maxima, the diffusers API's checks): the authors
+# publish thresholds 0.02-0.24 and K 2-6 (strategies/); 0.5 and 10 leave room to explore, no more.
+THRESHOLD_MAX = 0.5
+MAX_SKIPS_MAX = 10
+
 
 @dataclass
 class Accumulator:

@@ -25,6 +25,7 @@ import time
 
 from .errors import MagCacheInputError
 from .ratios import KIND_BY_NAME, RatioCurves, validate_ratios
+from .teacache import fit_coefficients
 
 log = logging.getLogger("comfyui-magcache")
 
@@ -32,6 +33,7 @@ FORMAT = "comfyui-magcache/calibration"
 VERSION = 1
 MAX_FILE_BYTES = 4 * 1024 * 1024     # a 1000-step calibration with all its statistics is ~0.3 MB
 MAX_JSON_DEPTH = 32                  # a calibration is 4 levels deep; a ratios input 2
+MODEL_ALIASES = {"wan2.1": "wan"}    # strategy names of calibrations saved by earlier versions
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_. -]{0,63}")
 _SUFFIX = ".json"
 
@@ -225,6 +227,35 @@ class CalibrationStore:
                 os.unlink(tmp)
             raise
         return path
+
+
+def save_calibration(store: CalibrationStore, name: str, model: str, residual: str, num_steps: int, stats: dict,
+                     fit_teacache: bool, fingerprint: dict | None = None) -> tuple[str, dict, str]:
+    """Write a finished calibration run (``CalibrationRecorder.result()`` of a run of ``num_steps`` steps) as
+    ``name``: checks that every cond recorded every step, fits the TeaCache polynomial where the model has
+    TeaCache's input (``fit_teacache``). ``model`` is the strategy's name (what loading checks), ``residual``
+    what the residual is. Returns (path, the keys written beside the curves, a few words on the fit for a log
+    line). Raises RuntimeError when a step is missing. Every front end (the nodes, the diffusers API) saves here."""
+    for kind, s in stats.items():
+        if len(s["ratio"]) != num_steps:
+            raise RuntimeError(f"{kind} was computed on {len(s['ratio'])} of {num_steps} steps: model calls "
+                               "were skipped (another cache in front of the calibration?)")
+    extra, tea = {"residual": residual}, ""
+    if fit_teacache:
+        try:
+            extra["teacache"] = fit_coefficients(stats)
+            tea = f"; TeaCache polynomial fitted, rmse {extra['teacache']['rmse']:.4g}"
+        except ValueError as e:
+            tea = f"; no TeaCache fit ({e})"
+            extra["teacache_error"] = str(e)
+    if fingerprint is not None:
+        extra["fingerprint"] = fingerprint
+    return store.save(name, model, num_steps, stats, extra), extra, tea
+
+
+def made_on(doc: dict) -> str:
+    """The strategy name of the model a loaded calibration was made on (earlier versions' names mapped)."""
+    return MODEL_ALIASES.get(doc["model"], doc["model"])
 
 
 def curves_of(doc: dict) -> RatioCurves:

@@ -22,6 +22,9 @@ from typing import Hashable, Sequence
 
 import torch
 
+# The largest rel_l1_thresh the front ends accept: the published ones run from 0.06 (LTX-Video) to 1.5
+# (HiDream-I1 Fast), on each model's own scale.
+REL_L1_THRESH_MAX = 2.0
 
 
 def poly1d(coefficients: Sequence[float], x: float) -> float:

@@ -1,21 +1,12 @@
 """Checks shared by the nodes' inputs: every bad value gets an error naming the input."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..magcache_core import MagCacheInputError
+from ..magcache_core.errors import number
 
 CACHE_DEVICES = ["main_device", "cpu"]
-
-
-def number(name, value, lo, hi, integer=False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not (lo <= value <= hi) or (integer and int(value) != value):
-        kind = "a whole number" if integer else "a number"
-        raise MagCacheInputError(name, f"got {value!r}; expected {kind} from {lo} to {hi}")
-    return int(value) if integer else float(value)
 
 
 def window(start_percent, end_percent) -> tuple[float, float]:
@@ -24,11 +15,6 @@ def window(start_percent, end_percent) -> tuple[float, float]:
     if start >= end:
         raise MagCacheInputError("end_percent", f"must be greater than start_percent ({start} >= {end})")
     return start, end
-
-
-def listed(names) -> str:
-    """Names for a message a person reads (ComfyUI's error dialog): a, b, c - not a Python list."""
-    return ", ".join(str(n) for n in names) or "none"
 
 
 def window_text(start: float, end: float) -> str:

@@ -7,23 +7,21 @@ import os
 
 import folder_paths
 
-from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, RunConfig, fit_coefficients
+from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, RunConfig
+from ..magcache_core.decision import MAX_SKIPS_MAX, THRESHOLD_MAX    # input maxima: the front end clamps to them
 from ..magcache_core.firstblock import FirstBlockParams
-from ..magcache_core.storage import CalibrationStore, check_name, curves_of, parse_json
+from ..magcache_core.storage import (MODEL_ALIASES, CalibrationStore, check_name, curves_of, made_on, parse_json,
+                                     save_calibration)
 from ..magcache_core.target import SPEED_CHOICES, parse_speed, preview
-from ..strategies import METHOD_MAGCACHE, all_presets, detect
+from ..strategies import METHOD_MAGCACHE, all_presets, detect, unknown_preset
 from .auto import AutoRun, CalibrateRun
-from .inputs import listed, number, offload_device, window, window_and_cache_inputs, window_text
+from .inputs import number, offload_device, window, window_and_cache_inputs, window_text
 from .patching import patch_model
 from .report import NodeOutput, Reporter, calibration_details, node_ui
 
 log = logging.getLogger("comfyui-magcache")
 CALIBRATION_PREFIX = "calibration: "
-CALIBRATION_ALIASES = {"wan2.1": "wan"}          # strategy names of calibrations saved by earlier versions
-# Input ranges. The front end clamps a typed value to these, so each maximum is a setting that still makes sense:
-# the authors publish thresholds 0.02-0.24 and K 2-6 (strategies/); 0.5 and 10 leave room to explore, no more.
-THRESHOLD_MAX = 0.5
-MAX_SKIPS_MAX = 10
+CALIBRATION_ALIASES = MODEL_ALIASES            # strategy names of calibrations saved by earlier versions
 HIDDEN = {"unique_id": "UNIQUE_ID"}              # the node's id: run reports are drawn on it (report.py)
 # skipped_steps: "reuse" is the authors' rule (the last residual as it is); "extrapolate" predicts it to first order
 # from the last two computed ones, in the form bench/variant_forms.py measured best (RunConfig.extrapolate).
@@ -74,7 +72,7 @@ def load_calibration(strategy, preset: str) -> tuple[str, dict]:
     this model's kind. The name is the file's, as listed (a copied file keeps its old "name" inside)."""
     name = preset[len(CALIBRATION_PREFIX):]
     doc = calibration_store().load(name, "preset")
-    if CALIBRATION_ALIASES.get(doc["model"], doc["model"]) != strategy.name:
+    if made_on(doc) != strategy.name:
         raise MagCacheInputError("preset", f"calibration {name!r} was made on a {doc['model']} model, "
                                            f"this model is {strategy.title}; calibrate this model instead")
     return name, doc
@@ -100,18 +98,7 @@ def resolve_curves(strategy, model, preset: str, ratios: RatioCurves | None):
     if preset in strategy.presets:
         p = strategy.presets[preset]
         return p.curves, preset, p.params
-    raise unknown_preset(strategy, preset, METHOD_MAGCACHE)
-
-
-def unknown_preset(strategy, preset: str, method: str) -> MagCacheInputError:
-    """The error for a preset name this model (MagCache or TeaCache) has no such preset for."""
-    own = sorted(strategy.presets if method == METHOD_MAGCACHE else strategy.tea_presets)
-    known = all_presets(method)
-    if preset in known:
-        return MagCacheInputError("preset", f"{preset!r} is a {known[preset][0].title} preset; this model is "
-                                            f"{strategy.title} (its presets: {listed(own)})")
-    mine = f", a {strategy.title} preset ({listed(own)})" if own else ""
-    return MagCacheInputError("preset", f"unknown preset {preset!r}; choose 'auto'{mine} or a saved 'calibration: <name>'")
+    raise unknown_preset(strategy, preset, METHOD_MAGCACHE, ("'auto'",), ("a saved 'calibration: <name>'",))
 
 
 SPEED_TOOLTIP = (
@@ -259,22 +246,8 @@ def _saver(store: CalibrationStore, name: str, fingerprint: dict | None = None):
             raise RuntimeError(f"MagCacheCalibrate: no residual was recorded ({strategy.title}: the model's blocks "
                                "never went through the block patches, e.g. causal Wan's ar_video sampler); "
                                "calibrate with an ordinary sampler, calibration not saved")
-        for kind, s in stats.items():
-            if len(s["ratio"]) != run.num_steps:
-                raise RuntimeError(f"{kind} was computed on {len(s['ratio'])} of {run.num_steps} steps: model calls "
-                                   "were skipped (another cache in front of MagCacheCalibrate?)")
-        extra = {"residual": strategy.residual}
-        tea = ""
-        if strategy.supports_teacache:
-            try:
-                extra["teacache"] = fit_coefficients(stats)
-                tea = f"; TeaCache polynomial fitted, rmse {extra['teacache']['rmse']:.4g}"
-            except ValueError as e:
-                tea = f"; no TeaCache fit ({e})"
-                extra["teacache_error"] = str(e)
-        if fingerprint is not None:
-            extra["fingerprint"] = fingerprint
-        path = store.save(name, strategy.name, run.num_steps, stats, extra)
+        path, extra, tea = save_calibration(store, name, strategy.name, strategy.residual, run.num_steps, stats,
+                                            strategy.supports_teacache, fingerprint)
         spans = ", ".join(f"{k}: {min(s['ratio'][1:] or [1]):.3f}-{max(s['ratio'][1:] or [1]):.3f}" for k, s in stats.items())
         log.info("MagCacheCalibrate: saved %r (%d steps; ratio range %s%s) to %s", name, run.num_steps, spans, tea, path)
         return calibration_details(name, path, strategy.name, run.num_steps, stats, extra.get("teacache"))

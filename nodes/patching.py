@@ -216,7 +216,9 @@ def _apply_model(executor, x, t, *args, **kwargs):
     state = run.state
     sigma, step = _step_of(run, t)
     ctx = state.begin_call(sigma, keys, kinds, device=x.device, step=step)
-    call = Call(run, ctx, getattr(executor.class_obj, "diffusion_model", None))
+    dm = getattr(executor.class_obj, "diffusion_model", None)
+    # Under ComfyUI's torch.compile wrapper this is the compiled module; the strategies read the model's own.
+    call = Call(run, ctx, getattr(dm, "_orig_mod", dm))
     outer = to.get(CALL_KEY)
     to[CALL_KEY] = call                  # this call's dict (ComfyUI makes one per call, and per thread)
     token = _CALL.set(call)              # for block patches whose args carry no transformer_options

@@ -5,17 +5,16 @@ import logging
 
 from ..magcache_core import MagCacheInputError, RunConfig, TeaCacheParams
 from ..magcache_core.target import SPEED_CHOICES, parse_speed
-from ..strategies import METHOD_TEACACHE, all_presets, detect
+from ..magcache_core.teacache import REL_L1_THRESH_MAX
+from ..strategies import METHOD_TEACACHE, all_presets, detect, unknown_preset
 from .inputs import number, offload_device, window, window_and_cache_inputs, window_text
 from .magcache_nodes import (CALIBRATION_PREFIX, HIDDEN, MAX_SKIPS_MAX, SKIPPED_CHOICES, SKIPPED_TOOLTIP, calibration_store,
-                             extrapolate_form, load_calibration, unknown_preset)
+                             extrapolate_form, load_calibration)
 from .auto import AutoRun
 from .patching import patch_model
 from .report import NodeOutput, Reporter, node_ui
 
 log = logging.getLogger("comfyui-magcache")
-# The published rel_l1_thresh run from 0.06 (LTX-Video) to 1.5 (HiDream-I1 Fast), on each model's own scale.
-REL_L1_THRESH_MAX = 2.0
 
 
 def resolve_coefficients(strategy, model, preset):
@@ -42,7 +41,7 @@ def resolve_coefficients(strategy, model, preset):
     if preset in strategy.tea_presets:
         chosen = strategy.tea_presets[preset]
         return chosen.params.coefficients, preset, chosen
-    raise unknown_preset(strategy, preset, METHOD_TEACACHE)
+    raise unknown_preset(strategy, preset, METHOD_TEACACHE, ("'auto'",), ("a saved 'calibration: <name>'",))
 
 
 SPEED_TOOLTIP = (

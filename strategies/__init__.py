@@ -7,6 +7,7 @@ goes to the generic whole-model fallback.
 from __future__ import annotations
 
 from ..magcache_core import MagCacheInputError
+from ..magcache_core.errors import listed
 from .auraflow import AuraFlowStrategy
 from .base import METHOD_MAGCACHE, METHOD_TEACACHE, BlockStrategy, ModelStrategy, Preset, Strategy, TeaPreset
 from .chroma import ChromaRadianceStrategy, ChromaStrategy
@@ -52,6 +53,20 @@ def all_presets(method: str = METHOD_MAGCACHE) -> dict[str, tuple[type[Strategy]
     return {name: (s, p) for s in STRATEGIES for name, p in getattr(s, attr).items()}
 
 
+def unknown_preset(strategy, preset: str, method: str, before: tuple[str, ...], after: tuple[str, ...]) -> MagCacheInputError:
+    """The error for a preset name this model's strategy (or strategy class) has no such preset for (MagCache or
+    TeaCache); the message offers ``before``, the strategy's own presets, then ``after`` (each front end's other
+    choices)."""
+    own = sorted(strategy.presets if method == METHOD_MAGCACHE else strategy.tea_presets)
+    known = all_presets(method)
+    if preset in known:
+        return MagCacheInputError("preset", f"{preset!r} is a {known[preset][0].title} preset; this model is "
+                                            f"{strategy.title} (its presets: {listed(own)})")
+    choices = [*before, *([f"a {strategy.title} preset ({listed(own)})"] if own else []), *after]
+    offer = ", ".join(choices[:-1]) + " or " + choices[-1] if len(choices) > 1 else listed(choices)
+    return MagCacheInputError("preset", f"unknown preset {preset!r}; choose {offer}")
+
+
 def detect(model_patcher, input_name: str = "model") -> Strategy:
     """The strategy for this model (the generic fallback for any model no other claims)."""
     if not hasattr(model_patcher, "model") or not hasattr(model_patcher, "clone") \
@@ -61,4 +76,4 @@ def detect(model_patcher, input_name: str = "model") -> Strategy:
 
 
 __all__ = ["STRATEGIES", "METHOD_MAGCACHE", "METHOD_TEACACHE", "BlockStrategy", "ModelStrategy", "Preset",
-           "Strategy", "TeaPreset", "all_presets", "detect"]
+           "Strategy", "TeaPreset", "all_presets", "detect", "unknown_preset"]

@@ -13,13 +13,16 @@ No published curve or TeaCache coefficients: calibrate.
 """
 from __future__ import annotations
 
-import comfy.ldm.common_dit
-
 from ..magcache_core import TeaCacheParams
 from .base import BlockStrategy, TeaPreset, pack_streams, unpack_streams
 
 # github.com/welltop-cn/ComfyUI-TeaCache nodes.py at 91dff8e (threshold from its README).
 TEA_LTXV = (21.4700694, -12.8016453, 2.31279151, 0.792487521, 0.00969274326)
+
+
+def _rms_norm(x):
+    import comfy.ldm.common_dit          # here, not at the top: the presets load without ComfyUI (diffusers_api)
+    return comfy.ldm.common_dit.rms_norm(x)
 
 
 class LTXVStrategy(BlockStrategy):
@@ -39,7 +42,7 @@ class LTXVStrategy(BlockStrategy):
         table = block.scale_shift_table
         ada = table[None, None].to(device=x.device, dtype=x.dtype) + t.reshape(x.shape[0], t.shape[1], table.shape[0], -1)
         shift, scale = ada[:, :, 0], ada[:, :, 1]
-        return comfy.ldm.common_dit.rms_norm(x) * (1 + scale) + shift
+        return _rms_norm(x) * (1 + scale) + shift
 
 
 class LTXAVStrategy(BlockStrategy):
@@ -72,5 +75,5 @@ class LTXAVStrategy(BlockStrategy):
             if x.shape[1] == 0:
                 continue
             shift, scale = block.get_ada_values(table, x.shape[0], t, slice(0, 2))
-            parts.append(comfy.ldm.common_dit.rms_norm(x) * (1 + scale) + shift)
+            parts.append(_rms_norm(x) * (1 + scale) + shift)
         return pack_streams(parts)

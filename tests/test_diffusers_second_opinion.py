@@ -29,19 +29,11 @@ from comfyui_magcache.strategies.flux import FLUX_DEV_28
 from comfyui_magcache.strategies.wan import WAN21_I2V_480P_14B, WAN21_T2V_1_3B
 
 mag_cache = pytest.importorskip("diffusers.hooks.mag_cache")
-from diffusers import FluxTransformer2DModel  # noqa: E402
+from tiny_diffusers import flux_transformer as tiny_diffusers_flux  # noqa: E402
 
 # The published FLUX setting (authors' example workflow): threshold 0.24, retention 0.1, K 5, 28 steps.
 OURS_FLUX_28 = [0, 1, 3, 6, 10, 16, 22, 26]
 DIFFUSERS_FLUX_28 = [0, 1, 2, 5, 9, 15, 21, 26]
-
-
-def tiny_diffusers_flux(seed=0):
-    torch.manual_seed(seed)
-    model = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2,
-                                   attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                   pooled_projection_dim=24, guidance_embeds=True, axes_dims_rope=(4, 6, 6))
-    return model.eval()
 
 
 def diffusers_computed_steps(ratios, threshold, retention, max_skips, num_steps, runs=1):

@@ -139,3 +139,32 @@ def test_torch_compile_sees_no_graph_break_from_the_pack_and_a_bounded_number_of
     assert reasons <= plain_reasons, reasons - plain_reasons
     assert graphs[0] == graphs[-1], graphs                    # nothing recompiles on later runs
     assert graphs[0] <= 2 * plain_graphs[0], (graphs, plain_graphs)
+
+
+def test_calibrate_and_teacache_run_under_torch_compile():
+    """Calibrate and TeaCache read the first block through the call's model; under ComfyUI's compile wrapper that
+    model is the compiled module, and reaching the block through it crashed dynamo. Calibrate stays bit-identical
+    and adds no graph-break reason; TeaCache's one extra reason is its own distance read."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+    from comfyui_magcache.nodes.teacache_nodes import TeaCacheApply
+
+    base = tiny_flux(seed=7)
+    comp = base.clone()
+    set_torch_compile_wrapper(comp, backend="eager")
+    torch._dynamo.reset()
+    counters.clear()
+    ref = sample(comp, steps=6)
+    plain = set(counters["graph_break"])
+    torch._dynamo.reset()
+    counters.clear()
+    out = sample(MagCacheCalibrate().calibrate(comp, "hot path compiled")[0], steps=6)
+    assert torch.equal(out, ref)
+    assert set(counters["graph_break"]) <= plain
+    torch._dynamo.reset()
+    counters.clear()
+    out = sample(TeaCacheApply().apply(comp, "flux", 0.4)[0], steps=6)
+    assert torch.isfinite(out).all()
+    extra = {k.split("\n")[0] for k in set(counters["graph_break"]) - plain}
+    assert all("item()" in k for k in extra), extra
