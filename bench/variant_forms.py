@@ -7,8 +7,13 @@ front: the best PSNR (pooled, and the mean of the per-sample PSNRs) at or above 
 The forms are RunConfig settings (magcache_core/run.py, firstblock.py), patched directly: the nodes
 expose only the forms this run chose.
 
-    python bench/variant_forms.py --steps 20 --prompts 8 --seeds 1 --forms reuse step sigma ratio
-    python bench/variant_forms.py --steps 20 --forms "fb1 p0.3 r0.1 K4" "fb1-noprior r0.1 K4" "fb1+step p0.3 r0.1 K4"
+    python bench/variant_forms.py --threads 1 --steps 20 --forms "reuse r0.1 K2" "step r0.1 K2" "sigma r0.1 K2" "ratio r0.1 K2"
+    python bench/variant_forms.py --threads 1 --steps 20 --forms "reuse r0.1 K4" "fb1 p0.12 r0.1 K4" "fb1-acc p0.12 r0.1 K4" \
+        "fb1+step p0.12 r0.1 K4"
+
+(8 samples: the 8 prompts at seed 0 by default; about 5 minutes per 40 points at 20 steps on one thread.) The
+runs behind the README's figures are those, at 20 steps, plus "reuse/step/sigma r0.1 K2", "reuse/step r0.2 K4" at
+30 steps, "reuse/step r0.1 K2/K4" at 50 steps, and "fb1 p0.06 / p0.3 r0.1 K4", "fb1-noprior r0.1 K4" at 20.
 """
 from __future__ import annotations
 
@@ -36,8 +41,8 @@ def parse_form(name: str):
 
     ``<skip>[+<extrapolation>] [p<prior threshold>] r<retention> K<K>``, where <skip> is reuse, step, sigma or
     ratio (MagCache, the residual reused or extrapolated in that form) or fb<N>[-acc][-noprior] (the first N
-    blocks confirm; -acc: the change summed over the skipped steps; -noprior: the curve does not have to allow
-    it; p: the MagCache threshold the curve must stay under, else the content threshold sweeps alone), and
+    blocks confirm; -acc: the change summed over the skipped steps; -noprior: MagCache's threshold is not applied,
+    only its retention and K; p: MagCache's threshold, the prior, else none: the content threshold sweeps alone), and
     +<extrapolation> extrapolates a first-block run's residual. MagCache forms sweep the threshold (MAG),
     first-block forms the content threshold (FB_CONTENT)."""
     from comfyui_magcache.magcache_core.firstblock import FirstBlockParams
