@@ -9,7 +9,18 @@ Configs (one model, built once; each patched model is a clone, the base is never
   calibrate           MagCacheCalibrate (records the ratio curve while computing every step)
   teacache_flux_04    TeaCacheApply, preset "flux", rel_l1_thresh 0.4
   teacache_flux_06    TeaCacheApply, preset "flux", rel_l1_thresh 0.6
+  magcache_flux_extrap     magcache_flux with skipped_steps "extrapolate" (same schedule: the extrapolation's cost)
+  magcache_flux_fb1        magcache_flux with first_blocks 1, first_blocks_threshold 1.0 (the content allows
+                           every skip the curve allows, so the same computed steps: the cost of the first block on
+                           skipped steps and of the one host sync per call that reads its change)
+  magcache_flux_fb1_extrap the two together
+  teacache_flux_06_extrap  teacache_flux_06 with skipped_steps "extrapolate"
   unpatched_end       plain ComfyUI again, last, to see whether the machine drifted
+
+Issue 11 asks of a variant whose extra work per step could cost more than it saves: wall-clock speedup at equal
+computed steps within 2 % of plain MagCache. Each config's result has ``vs_same_schedule``: its median wall time /
+that of the config it shares its schedule with (magcache_flux, teacache_flux_06), where both ran and computed the
+same steps (1.02 = 2 % slower).
 
 Each config: --warmup untimed runs, then --reps timed runs; the median is reported.
 
@@ -40,7 +51,10 @@ FLUX_TINY = dict(FLUX_DEV, vec_in_dim=32, context_in_dim=48, hidden_size=64, mlp
                  depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12])
 
 CONFIGS = ["unpatched", "magcache_flux", "magcache_thresh0", "calibrate", "teacache_flux_04", "teacache_flux_06",
+           "magcache_flux_extrap", "magcache_flux_fb1", "magcache_flux_fb1_extrap", "teacache_flux_06_extrap",
            "unpatched_end"]
+SAME_SCHEDULE = {"magcache_flux_extrap": "magcache_flux", "magcache_flux_fb1": "magcache_flux",
+                 "magcache_flux_fb1_extrap": "magcache_flux", "teacache_flux_06_extrap": "teacache_flux_06"}
 SUMMARY_RE = re.compile(r"computed (\d+)/(\d+) steps (\[[0-9, ]*\])")
 
 
@@ -128,9 +142,12 @@ def main():
     print(f"built {type(dm).__module__}.{type(dm).__name__}: {n_params / 1e9:.3f} B params {param_dtypes} "
           f"on {dev} in {build_s:.1f} s", flush=True)
 
-    # Every computed pass of the blocks calls double_blocks[0]; a skipped one does not.
-    block0_calls = [0]
+    # Every computed pass of the blocks calls double_blocks[0] and the last single block; a skipped one neither, a
+    # first-block-confirmed skip the first only. Computed steps are counted at the last block.
+    block0_calls, last_calls = [0], [0]
     dm.double_blocks[0].register_forward_pre_hook(lambda mod, args: block0_calls.__setitem__(0, block0_calls[0] + 1))
+    dm.single_blocks[-1].register_forward_pre_hook(lambda mod, args: last_calls.__setitem__(0, last_calls[0] + 1))
+    n_blocks = len(dm.double_blocks) + len(dm.single_blocks)
 
     # -- conditioning and latent --------------------------------------------------------------
     gc = torch.Generator().manual_seed(a.seed + 1)
@@ -155,13 +172,19 @@ def main():
             return nodes["MagCacheApply"]().apply(base, "flux", 0.0, 0.1, 5)[0]
         if name == "calibrate":
             return nodes["MagCacheCalibrate"]().calibrate(base, "bench_flux")[0]
+        if name.startswith("magcache_flux_"):
+            skipped = "extrapolate" if name.endswith("_extrap") else "reuse"
+            first = 1 if "_fb1" in name else 0
+            return nodes["MagCacheApply"]().apply(base, "flux", 0.24, 0.1, 5, skipped_steps=skipped, first_blocks=first,
+                                                  first_blocks_threshold=1.0)[0]
         if name.startswith("teacache_flux_"):
-            return nodes["TeaCacheApply"]().apply(base, "flux", int(name[-2:]) / 10)[0]
+            skipped = "extrapolate" if name.endswith("_extrap") else "reuse"
+            return nodes["TeaCacheApply"]().apply(base, "flux", int(name[14:16]) / 10, skipped_steps=skipped)[0]
         raise KeyError(name)
 
     def sample_once(m):
         n_lines = len(capture.lines)
-        block0_calls[0] = 0
+        block0_calls[0] = last_calls[0] = 0
         ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if cuda else None
         if cuda:
             torch.cuda.synchronize()
@@ -181,7 +204,7 @@ def main():
             mm = SUMMARY_RE.search(line)
             if mm:
                 summary = dict(computed=int(mm.group(1)), seen=int(mm.group(2)), steps=json.loads(mm.group(3)))
-        return out.float().cpu(), wall, event_s, block0_calls[0], summary
+        return out.float().cpu(), wall, event_s, (block0_calls[0], last_calls[0]), summary
 
     results, outputs = {}, {}
     for name in configs:
@@ -202,7 +225,8 @@ def main():
             outs.append(out)
         r = dict(wall_s_median=statistics.median(walls), wall_s=walls,
                  cuda_event_s_median=statistics.median(events) if cuda else None, cuda_event_s=events if cuda else None,
-                 block0_calls=calls, computed_steps=calls[0],
+                 block0_calls=[c[0] for c in calls], last_block_calls=[c[1] for c in calls], computed_steps=calls[0][1],
+                 block_passes=calls[0][1] * n_blocks + (calls[0][0] - calls[0][1]),
                  pack_summary=summaries[0], out_mean_abs=outs[0].abs().mean().item(),
                  out_finite=bool(torch.isfinite(outs[0]).all()),
                  max_abs_diff_between_reps=max((o - outs[0]).abs().max().item() for o in outs))
@@ -210,7 +234,7 @@ def main():
             r["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             r["peak_over_start_gib"] = (torch.cuda.max_memory_allocated() - mem_before) / 2**30
             r["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
-        if summaries[0] is not None and summaries[0]["computed"] != calls[0]:
+        if summaries[0] is not None and summaries[0]["computed"] != calls[0][1]:
             r["note"] = "pack summary and block-0 hook disagree"
         outputs[name] = outs[0]
         results[name] = r
@@ -226,6 +250,11 @@ def main():
             d = outputs[name] - outputs["unpatched"]
             r["max_abs_diff_vs_unpatched"] = d.abs().max().item()
             r["mean_abs_diff_vs_unpatched"] = d.abs().mean().item()
+        same = results.get(SAME_SCHEDULE.get(name))
+        if same is not None and same["computed_steps"] == r["computed_steps"]:
+            r["vs_same_schedule"] = r["wall_s_median"] / same["wall_s_median"]
+            if cuda:
+                r["event_vs_same_schedule"] = r["cuda_event_s_median"] / same["cuda_event_s_median"]
 
     env = dict(torch=torch.__version__, cuda=torch.version.cuda, python=platform.python_version(),
                gpu=torch.cuda.get_device_name(0) if cuda else None, device=str(dev),
@@ -237,14 +266,15 @@ def main():
     Path(a.out).write_text(json.dumps(dict(env=env, results=results), indent=1))
 
     print()
-    print(f"{'config':<18} {'computed':>8} {'wall med s':>10} {'speedup':>7} {'event s':>8} {'peak GiB':>8} "
-          f"{'mean|out|':>9} {'max|d| vs unp':>13}")
+    print(f"{'config':<24} {'computed':>8} {'wall med s':>10} {'speedup':>7} {'event s':>8} {'peak GiB':>8} "
+          f"{'mean|out|':>9} {'max|d| vs unp':>13} {'vs same schedule':>16}")
     for name, r in results.items():
         ev_s = f"{r['cuda_event_s_median']:.3f}" if r["cuda_event_s_median"] is not None else "-"
         pk = f"{r['peak_gib']:.2f}" if "peak_gib" in r else "-"
-        print(f"{name:<18} {r['computed_steps']:>5}/{a.steps:<2} {r['wall_s_median']:>10.3f} "
+        same = f"{r['vs_same_schedule']:.3f}" if "vs_same_schedule" in r else "-"
+        print(f"{name:<24} {r['computed_steps']:>5}/{a.steps:<2} {r['wall_s_median']:>10.3f} "
               f"{r.get('speedup_vs_unpatched', float('nan')):>6.2f}x {ev_s:>8} {pk:>8} {r['out_mean_abs']:>9.4f} "
-              f"{r.get('max_abs_diff_vs_unpatched', float('nan')):>13.4g}")
+              f"{r.get('max_abs_diff_vs_unpatched', float('nan')):>13.4g} {same:>16}")
     print("RESULTS", json.dumps(results))
 
 

@@ -1,5 +1,6 @@
-"""Quality against speed on the pack's trained reference model: MagCache and TeaCache (this pack)
-against ComfyUI core's EasyCache and LazyCache, in real ComfyUI on the CPU.
+"""Quality against speed on the pack's trained reference model: MagCache and TeaCache (this pack, with its
+variants: extrapolated skipped steps, first-block-confirmed skips) against ComfyUI core's EasyCache and
+LazyCache, in real ComfyUI on the CPU.
 
 For each step count (20, 30, 50):
   1. MagCacheCalibrate records one run (prompt "a white ring", seed 999: not an evaluation sample)
@@ -7,9 +8,10 @@ For each step count (20, 30, 50):
   2. Every evaluation sample (--prompts prompts x --seeds seeds, 32 by default) is sampled uncached:
      the reference image of that prompt and seed.
   3. Each method at each threshold samples the same prompts and seeds; per point: computed-steps
-     speedup (block-0 rows of the uncached runs / rows of the cached runs, counted by a forward
-     hook, so every method is counted alike), wall-clock speedup (sum of sampling times), and
-     PSNR / SSIM / MAE of the decoded 32x32 image against the uncached one of the same seed.
+     speedup (block passes of the uncached runs / of the cached runs: rows reaching each block,
+     counted by forward hooks, so every method is counted alike, first-block runs included),
+     wall-clock speedup (sum of sampling times), and PSNR / SSIM / MAE of the decoded 32x32 image
+     against the uncached one of the same seed.
 
 Sampling: KSampler's comfy.sample.sample, euler / simple, CFG 4, the model's own shift (8).
 Writes into --out (docs/benchmarks by default): quality_shapes.csv (one row per point),
@@ -17,7 +19,7 @@ quality_shapes.json (the same plus per-sample values and the environment), quali
 calibration_curves.png, quality_shapes.md (tables and the dominance check), and updates the table
 in README.md between its quality-table markers.
 
-    python bench/quality.py                     (about 40 minutes on two CPU cores)
+    python bench/quality.py                     (about 80 minutes on two CPU cores; 40 before the variants)
     python bench/quality.py --quick             (4 samples, 20 steps, 2 thresholds: a smoke test)
     python bench/quality.py --from-json docs/benchmarks/quality_shapes.json   (re-plot, measure nothing)
     python bench/quality.py --few-step-only     (only the few-step part, merged into the existing JSON; below)
@@ -26,6 +28,14 @@ The few-step part (measured["few_step"]; functions after report()): the few-step
 (demo/models/magcache_shapes_wan_fewstep.safetensors, from demo/distill_few_step.py) at 4, 6 and 8 steps,
 CFG 1, and the reference model with its palette LoRA, calibrated before vs after the patch. Left out, with a
 notice, while those files are missing (or with --no-few-step).
+
+Part of it, in parallel, then merged (the uncached references and calibrations are deterministic, so runs
+of other methods or step counts compare on one kind of machine):
+
+    python bench/quality.py --new-only --steps 20 --threads 1 --out /tmp/q     (writes quality_shapes_20_new.*)
+    python bench/quality.py --new-only --steps 30 --threads 1 --out /tmp/q
+    python bench/quality.py --new-only --steps 50 --threads 1 --out /tmp/q
+    python bench/quality.py --merge docs/benchmarks/quality_shapes.json /tmp/q/quality_shapes_{20,30,50}_new.json
 """
 from __future__ import annotations
 
@@ -55,15 +65,41 @@ CALIBRATION_PROMPT, CALIBRATION_SEED = "a white ring", 999
 STEP_COUNTS = (20, 30, 50)
 # Settings swept per method. MagCache: retention 0.1 with K (max consecutive skips) 2 and 4, and the
 # node's default retention 0.2 with K 4; EasyCache / LazyCache: their default window 0.15-0.95.
+# The pack's newer variants (issue 11): MagCache and TeaCache with extrapolated skipped steps
+# (skipped_steps "extrapolate"), and MagCache with first_blocks (the first block runs every step and confirms
+# the skip; the curve must allow it too, at the MagCache threshold p; the content threshold is swept).
 MAG = [0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.12, 0.16, 0.22, 0.3]
 CORE = [0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.45]
+TEA = [0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8]
+FIRST = [0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4]
 GRIDS = {
     "MagCache r0.1 K2": MAG, "MagCache r0.1 K4": MAG, "MagCache r0.2 K4": MAG,
-    "TeaCache": [0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8],
+    "TeaCache": TEA,
     "EasyCache": CORE, "EasyCache (input copied)": CORE, "LazyCache": CORE,
+    "MagCache extrapolated r0.1 K2": MAG, "MagCache extrapolated r0.1 K4": MAG, "MagCache extrapolated r0.2 K4": MAG,
+    "TeaCache extrapolated": TEA,
+    "MagCache first-block N1 p0.3 r0.1 K4": FIRST, "MagCache first-block extrapolated N1 p0.3 r0.1 K4": FIRST,
 }
-FAMILY = {name: "MagCache" if name.startswith("MagCache") else name for name in GRIDS}
-FAMILY["EasyCache (input copied)"] = "EasyCache*"
+# The methods measured on 2026-11-23 (docs/benchmarks/quality_shapes.json); the others came with issue 11.
+BASELINE_METHODS = ["MagCache r0.1 K2", "MagCache r0.1 K4", "MagCache r0.2 K4", "TeaCache", "EasyCache",
+                    "EasyCache (input copied)", "LazyCache"]
+NEW_METHODS = [m for m in GRIDS if m not in BASELINE_METHODS]
+
+
+def family(method: str) -> str:
+    """The front a setting belongs to: its name without the settings (r.., K.., N.., p..)."""
+    if method == "EasyCache (input copied)":
+        return "EasyCache*"
+    return " ".join(w for w in method.split() if not (w[0] in "rKNp" and w[1:2].isdigit()))
+
+
+FAMILY = {name: family(name) for name in GRIDS}
+# The fronts, in the order tables and plots list them; PACK: this pack's variants (the "best of the pack" front is
+# the best of their points); PEERS: what they are compared with.
+PACK = ["MagCache", "MagCache extrapolated", "MagCache first-block", "MagCache first-block extrapolated",
+        "TeaCache extrapolated"]
+PEERS = ["TeaCache", "EasyCache*", "EasyCache", "LazyCache"]
+FAMILIES = PACK[:1] + PEERS[:1] + PACK[1:] + PEERS[1:]
 QUICK_GRIDS = {name: [grid[1], grid[4]] for name, grid in GRIDS.items()}
 WMP = None                  # comfy.patcher_extension.WrappersMP, once ComfyUI is imported
 README_START, README_END = "<!-- quality-table:start", "<!-- quality-table:end -->"
@@ -111,17 +147,21 @@ def _copy_input(executor, x, *args, **kwargs):
 
 
 class RowCounter:
-    """Counts the batch rows that reach the first transformer block: the work actually computed."""
+    """Counts block passes: the batch rows that reach each transformer block, summed over the blocks. Every
+    method is counted alike: a computed call adds its rows once per block, a skipped one nothing, and a
+    first-block-confirmed skip the rows of the first blocks it still ran (counting only block 0, as before,
+    would count those skipped steps as computed)."""
 
     def __init__(self, model):
         self.rows = 0
-        self._handle = model.model.diffusion_model.blocks[0].register_forward_pre_hook(self._hook)
+        self._handles = [block.register_forward_pre_hook(self._hook) for block in model.model.diffusion_model.blocks]
 
     def _hook(self, module, args):
         self.rows += int(args[0].shape[0])
 
     def close(self):
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
 
 @dataclass
@@ -170,11 +210,19 @@ class Bench:
 
     def patched(self, method: str, threshold: float, steps: int):
         calibration = f"calibration: shapes_{steps}"
+        words = method.split()
+        opts = {w[0]: float(w[1:]) for w in words if w[0] in "rKNp" and w[1:2].isdigit()}
+        skipped = "extrapolate" if "extrapolated" in words else "reuse"
         if method.startswith("MagCache"):
-            retention, k = method.split()[1:]
-            return self.nodes["MagCacheApply"]().apply(self.base, calibration, threshold, float(retention[1:]), int(k[1:]))[0]
-        if method == "TeaCache":
-            return self.nodes["TeaCacheApply"]().apply(self.base, calibration, threshold)[0]
+            retention, k = opts["r"], int(opts["K"])
+            if "first-block" in words:          # the swept value is the content threshold; p the curve's
+                return self.nodes["MagCacheApply"]().apply(self.base, calibration, opts["p"], retention, k,
+                                                           skipped_steps=skipped, first_blocks=int(opts["N"]),
+                                                           first_blocks_threshold=threshold)[0]
+            return self.nodes["MagCacheApply"]().apply(self.base, calibration, threshold, retention, k,
+                                                       skipped_steps=skipped)[0]
+        if method.startswith("TeaCache"):
+            return self.nodes["TeaCacheApply"]().apply(self.base, calibration, threshold, skipped_steps=skipped)[0]
         base = self.base
         if method == "EasyCache (input copied)":
             base = self.base.clone()
@@ -227,21 +275,40 @@ def front(points: list[Point], x: float, key: str = "computed_speedup", value: s
     return max(ok) if ok else None
 
 
-def dominance(points: list[Point], steps: int, ours: str = "MagCache", others=("EasyCache*", "EasyCache", "LazyCache"),
-              lo: float = 1.5, hi: float = 2.5, key: str = "computed_speedup", value: str = "psnr") -> dict:
-    """Whether ``ours``' front is above each other's at every speedup in [lo, hi] (0.05 apart)."""
+BAND = (1.5, 3.0)            # the computed-steps speedups the verdict covers (issue 11)
+
+
+def dominance(points: list[Point], steps: int, ours="MagCache", others=("EasyCache*", "EasyCache", "LazyCache"),
+              lo: float = BAND[0], hi: float = BAND[1], key: str = "computed_speedup", value: str = "psnr",
+              label: str | None = None) -> dict:
+    """Whether the front of ``ours`` (a family, or several: the best of their points) is above each other's at
+    every speedup in [lo, hi] (0.05 apart). A speedup ``ours`` does not reach is a loss; one only ``ours``
+    reaches is a win."""
+    families = {ours} if isinstance(ours, str) else set(ours)
+    label = label or (ours if isinstance(ours, str) else "pack")
     grid = [round(lo + 0.05 * i, 2) for i in range(int(round((hi - lo) / 0.05)) + 1)]
-    mine = [p for p in points if p.method == ours and p.steps == steps]
+    mine = [p for p in points if p.method in families and p.steps == steps]
     result = {}
     for other in others:
         theirs = [p for p in points if p.method == other and p.steps == steps]
+        if not theirs:
+            continue
         losses = []
         for x in grid:
             a, b = front(mine, x, key, value), front(theirs, x, key, value)
             if a is None or (b is not None and b >= a):
-                losses.append({"speedup": x, ours: a, other: b})
+                losses.append({"speedup": x, label: a, other: b})
         result[other] = {"dominates": not losses, "losses": losses}
     return result
+
+
+def best_of(points: list[Point], steps: int, families, x: float, value: str = "psnr") -> tuple[str, float] | None:
+    """(family, value) of the best point of ``families`` at >= ``x`` (the pack's front, and whose point it is)."""
+    ok = [p for p in points if p.method in families and p.steps == steps and p.computed_speedup >= x]
+    if not ok:
+        return None
+    best = max(ok, key=lambda p: getattr(p, value))
+    return best.method, getattr(best, value)
 
 
 def write_csv(points: list[Point], path: Path) -> None:
@@ -253,31 +320,38 @@ def write_csv(points: list[Point], path: Path) -> None:
             w.writerow([getattr(p, c) for c in cols])
 
 
+COLORS = {"MagCache": "#d62728", "TeaCache": "#ff7f0e", "EasyCache*": "#1f77b4", "EasyCache": "#9ecae1",
+          "LazyCache": "#2ca02c", "MagCache extrapolated": "#8c1a1a", "MagCache first-block": "#9467bd",
+          "MagCache first-block extrapolated": "#e377c2", "TeaCache extrapolated": "#8c564b"}
+
+
 def plot_pareto(points: list[Point], steps_list, path: Path, key: str = "computed_speedup") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"MagCache": "#d62728", "TeaCache": "#ff7f0e", "EasyCache*": "#1f77b4", "EasyCache": "#9ecae1",
-              "LazyCache": "#2ca02c"}
-    fig, axes = plt.subplots(1, len(steps_list), figsize=(5.2 * len(steps_list), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(steps_list), figsize=(5.6 * len(steps_list), 4.8), squeeze=False)
     for ax, steps in zip(axes[0], steps_list):
-        for method, color in colors.items():
+        for method in FAMILIES:
+            color = COLORS[method]
             pts = sorted((p for p in points if p.method == method and p.steps == steps), key=lambda p: getattr(p, key))
             if not pts:
                 continue
-            ax.scatter([getattr(p, key) for p in pts], [p.psnr for p in pts], s=14, color=color, alpha=0.45)
+            dashed = method in PEERS
+            ax.scatter([getattr(p, key) for p in pts], [p.psnr for p in pts], s=12, color=color, alpha=0.4)
             xs = sorted({getattr(p, key) for p in pts})
-            ax.step(xs, [front(pts, x, key) for x in xs], where="pre", color=color, label=method, lw=1.8)
-        ax.axvspan(1.5, 2.5, color="0.92", zorder=0)
+            ax.step(xs, [front(pts, x, key) for x in xs], where="pre", color=color, label=method,
+                    lw=1.4 if dashed else 1.9, ls="--" if dashed else "-")
+        ax.axvspan(*BAND, color="0.92", zorder=0)
         ax.set_xlim(0.95, 3.55)             # the band that matters; TeaCache's points go further right
-        ax.set_ylim(5, 45)                  # identical images (capped at 100 dB) sit off the top
+        ax.set_ylim(5, 65)                  # identical images (capped at 100 dB) sit off the top
         ax.set_title(f"{steps} steps")
-        ax.set_xlabel("computed-steps speedup" if key == "computed_speedup" else "wall-clock speedup (CPU)")
+        ax.set_xlabel("computed speedup (block passes)" if key == "computed_speedup" else "wall-clock speedup (CPU)")
         ax.set_ylabel("PSNR to uncached, dB (pooled over samples)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Reference model (trained Wan 2.1 DiT, coloured shapes): quality vs speed, Pareto fronts")
+        ax.legend(fontsize=7)
+    fig.suptitle("Reference model (trained Wan 2.1 DiT, coloured shapes): quality vs speed, Pareto fronts "
+                 "(solid: this pack, dashed: peers)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -323,12 +397,12 @@ def plot_calibration(calibrations: dict[int, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def summary_table(points: list[Point], steps_list, targets=(1.5, 2.0, 2.5)) -> str:
+def summary_table(points: list[Point], steps_list, targets=(1.5, 2.0, 2.5, 3.0)) -> str:
     """Markdown: per step count and method, the best PSNR / SSIM at >= each target speedup."""
     lines = ["| steps | method | " + " | ".join(f"PSNR at ≥{t}× (SSIM)" for t in targets) + " | max computed speedup |",
              "| --- | --- | " + " | ".join("---" for _ in targets) + " | --- |"]
     for steps in steps_list:
-        for method in ("MagCache", "TeaCache", "EasyCache*", "EasyCache", "LazyCache"):
+        for method in FAMILIES:
             pts = [p for p in points if p.method == method and p.steps == steps]
             if not pts:
                 continue
@@ -363,15 +437,30 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="4 samples, 20 steps, 2 thresholds per method (smoke test)")
     ap.add_argument("--no-readme", action="store_true", help="leave README.md alone")
     ap.add_argument("--from-json", type=Path, help="measure nothing: rewrite the outputs from a quality_shapes.json")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                    help="measure nothing: merge results files (later ones win per setting) and write the outputs")
+    ap.add_argument("--new-only", action="store_true", help=f"measure only the issue-11 variants: {NEW_METHODS}")
+    ap.add_argument("--stem", help="output file stem (default quality_shapes, quality_shapes_quick with --quick)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (1 per process when several run side by side)")
     add_few_step_arguments(ap)
     args = ap.parse_args(argv)
     if args.few_step_only:
         return few_step_main(args)
-    if args.from_json:
-        report(json.loads(args.from_json.read_text()), args.out, args.from_json.stem, readme=not args.no_readme)
+    if args.merge:
+        report(with_few_step(merge(args.merge), args.merge), args.out, args.stem or "quality_shapes",
+               readme=not args.no_readme)
         return 0
+    if args.from_json:
+        report(json.loads(args.from_json.read_text()), args.out, args.stem or args.from_json.stem, readme=not args.no_readme)
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.new_only:
+        args.methods = NEW_METHODS
     if args.quick:
-        args.prompts, args.seeds, args.steps = 4, 1, [20]
+        args.prompts, args.seeds = 4, 1
+        if args.steps == list(STEP_COUNTS):
+            args.steps = [20]
     grids = QUICK_GRIDS if args.quick else GRIDS
     logging.getLogger("comfyui-magcache").setLevel(logging.WARNING)
     t_start = time.time()
@@ -402,9 +491,13 @@ def main(argv=None) -> int:
                 "reference_seconds": bench.reference_seconds,
                 "calibrations": {s: {"stats": c["stats"], "teacache": c.get("teacache")} for s, c in calibrations.items()},
                 "points": [asdict(p) for p in points]}
-    add_few_step(measured, args, pack, reference, easycache, samples)
-    report(measured, args.out, "quality_shapes_quick" if args.quick else "quality_shapes",
-           readme=not (args.quick or args.no_readme))
+    partial = set(args.methods) != set(GRIDS) or sorted(args.steps) != list(STEP_COUNTS)
+    stem = args.stem or ("quality_shapes_quick" if args.quick else
+                         "quality_shapes_" + "-".join(map(str, args.steps)) + ("_new" if args.new_only else "")
+                         if partial else "quality_shapes")
+    if not partial:
+        add_few_step(measured, args, pack, reference, easycache, samples)
+    report(measured, args.out, stem, readme=not (args.quick or args.no_readme or partial))
     print(f"done in {time.time() - t_start:.0f} s")
     return 0
 
@@ -417,10 +510,13 @@ NOTES = """
   CFG 4, the model's own shift 8; 8 prompts (every colour, every shape) × seeds 0-3. Each point is
   one method at one setting, compared image by image with the uncached image of the same prompt and
   seed (decoded 32×32 RGB in [0, 1]).
-- **Speedup.** *Computed-steps* speedup counts the batch rows that reached the first transformer
-  block (a forward pre-hook, the same for every method): uncached rows / cached rows. It is what a
-  large model's wall clock follows, since there a skipped step costs 0.2-1.7 % of a computed one
-  (shared H100 measurements). *Wall-clock* speedup here is the sum of sampling times on two CPU
+- **Speedup.** *Computed-steps* speedup counts block passes: the batch rows that reached each
+  transformer block, summed over the model's 4 blocks (forward pre-hooks, the same for every method):
+  uncached passes / cached passes. For every method but first-block this equals the rows reaching the
+  first block (a computed call runs every block, a skipped one none); a first-block run also pays
+  for the first block on its skipped steps, a quarter of a step on this 4-block model (1/57 on
+  FLUX.1). It is what a large model's wall clock follows, since there a skipped step costs 0.2-1.7 %
+  of a computed one (shared H100 measurements). *Wall-clock* speedup here is the sum of sampling times on two CPU
   cores for a model whose step takes a few milliseconds, so ComfyUI's per-step Python weighs a lot
   and the numbers are noisy (other work shared the machine during parts of the run); it is reported,
   not used for the verdict above the line.
@@ -429,6 +525,14 @@ NOTES = """
   retention 0.1 with K 2 and 4, and retention 0.2 with K 4. **TeaCache** uses the polynomial the
   same calibration run fitted (Wan's published polynomials belong to Wan 2.1 1.3B/14B, not to this
   model). **EasyCache / LazyCache** are ComfyUI core's nodes at their default window 0.15-0.95.
+- **This pack's newer variants** (issue 11): *extrapolated* is MagCache Apply / TeaCache Apply with
+  `skipped_steps: extrapolate` (a skipped step adds `r_last + w (r_last - r_before)`, w = steps
+  since the last computed step / steps between the last two; the schedule is MagCache's or
+  TeaCache's own); *first-block* is MagCache Apply with `first_blocks: 1` (the first block runs on
+  every step; the others skip only where the curve allows it at threshold p and the first block's
+  residual changed by less than the swept `first_blocks_threshold` since the last computed step),
+  with the reused or the extrapolated residual. "The pack's best" is the best point of any of
+  them (MagCache included) at or above each speedup.
 - **EasyCache as shipped vs EasyCache\\*.** ComfyUI 0.3.75's EasyCache (and ComfyUI's current
   master, read 2026-11-23) applies a skipped step with `x[...] += cached_diff` on the diffusion
   model's input tensor. For a flow model such as Wan (`calculate_input` returns its argument) whose
@@ -442,6 +546,17 @@ NOTES = """
 """
 
 
+def verdict_lines(d_all: dict, label: str, axis: str, lo: float, hi: float) -> list[str]:
+    out = []
+    for steps, by_other in d_all.items():
+        for other, d in by_other.items():
+            out.append(f"- {steps} steps, {label} vs {other}: " + (
+                f"higher at every {axis} speedup from {lo}× to {hi}×" if d["dominates"] else
+                "not above at " + ", ".join(f"{l['speedup']}× ({label} {l[label]}, {other} {l[other]})"
+                                            for l in d["losses"][:6]) + (" …" if len(d["losses"]) > 6 else "")))
+    return out
+
+
 def report(measured: dict, out: Path, stem: str, readme: bool) -> None:
     """Writes the CSV, the JSON (with the dominance checks), the plots and the markdown from the
     measured points; with ``readme``, also the README table."""
@@ -451,41 +566,58 @@ def report(measured: dict, out: Path, stem: str, readme: bool) -> None:
     env = measured["environment"]
     out.mkdir(parents=True, exist_ok=True)
     write_csv(points, out / f"{stem}.csv")
-    dom = {steps: dominance(points, steps) for steps in steps_list}
-    dom_wall = {steps: dominance(points, steps, key="wall_speedup") for steps in steps_list}
-    dom_mean = {steps: dominance(points, steps, value="psnr_mean") for steps in steps_list}
-    measured = dict(measured, points=[asdict(p) for p in points], dominance_computed=dom, dominance_wall=dom_wall,
-                    dominance_computed_mean_psnr=dom_mean)
+    pack = [f for f in PACK if any(p.method == f for p in points)]
+    label = "pack's best"
+    checks = {
+        "dominance_computed": ("computed-steps speedup, pooled PSNR", "computed", dict()),
+        "dominance_computed_mean_psnr": ("computed-steps speedup, mean of per-sample PSNRs", "computed",
+                                         dict(value="psnr_mean")),
+        "dominance_wall": ("wall-clock (CPU) speedup, pooled PSNR", "wall", dict(key="wall_speedup")),
+    }
+    results, verdict = {}, []
+    for name, (title, axis, kw) in checks.items():
+        results[name] = {steps: dominance(points, steps, pack, PEERS, label=label, **kw) for steps in steps_list}
+        verdict.append(f"\n### {title}: the best of this pack's variants ({', '.join(pack)})\n")
+        verdict += verdict_lines(results[name], label, axis, *BAND)
+    by_method = {}
+    for value, title in (("psnr", "pooled PSNR"), ("psnr_mean", "mean of per-sample PSNRs")):
+        verdict.append(f"\n### Each of this pack's variants alone, computed-steps speedup, {title}\n")
+        for fam in pack:
+            d = {steps: dominance(points, steps, fam, PEERS, value=value) for steps in steps_list}
+            by_method.setdefault(value, {})[fam] = d
+            verdict += verdict_lines(d, fam, "computed", *BAND)
+    whose = {steps: {x: best_of(points, steps, pack, x) for x in (1.5, 2.0, 2.5, 3.0)} for steps in steps_list}
+    measured = dict(measured, points=[asdict(p) for p in points], **results, dominance_by_method=by_method,
+                    pack_front=whose)
     (out / f"{stem}.json").write_text(json.dumps(measured, indent=1) + "\n")
     plot_pareto(points, steps_list, out / f"{stem.replace('shapes', 'pareto')}.png")
     plot_pareto(points, steps_list, out / f"{stem.replace('shapes', 'pareto')}_wall.png", key="wall_speedup")
-    plot_calibration(calibrations, out / ("calibration_curves_quick.png" if "quick" in stem else "calibration_curves.png"))
+    plot_calibration(calibrations, out / f"{stem.replace('quality_shapes', 'calibration_curves')}.png")
     table = summary_table(points, steps_list)
-    verdict = []
-    for name, d_all, axis in (("computed-steps speedup, pooled PSNR", dom, "computed"),
-                              ("computed-steps speedup, mean of per-sample PSNRs", dom_mean, "computed"),
-                              ("wall-clock (CPU) speedup, pooled PSNR", dom_wall, "wall")):
-        verdict.append(f"\n### {name}\n")
-        for steps in steps_list:
-            for other, d in d_all[steps].items():
-                verdict.append(f"- {steps} steps, MagCache vs {other}: " + (
-                    f"higher PSNR at every {axis} speedup from 1.5× to 2.5×" if d["dominates"] else
-                    "not above at " + ", ".join(f"{l['speedup']}× (MagCache {l['MagCache']}, {other} {l[other]})"
-                                                for l in d["losses"][:6]) + (" …" if len(d["losses"]) > 6 else "")))
-    md = (f"# Quality vs speed on the reference model\n\nGenerated by `bench/quality.py` from measurements of "
-          f"{env['date']} ({env['samples']} samples per point, CPU, {env['cpu_threads']} threads, {env['seconds']} s). "
-          f"CSV: `{stem}.csv`; every value, per-sample PSNRs and the calibrations: `{stem}.json`. PSNR is pooled "
-          f"over the samples (10·log10 of 1 / mean squared error); the CSV also has the mean and the minimum of the "
-          f"per-sample PSNRs.\n\nBest PSNR (and its SSIM) among the swept settings of each method at or above "
-          f"each computed-steps speedup:\n\n{table}\n\n## Is MagCache's front above EasyCache's and LazyCache's?\n"
-          + "\n".join(verdict) + "\n" + NOTES)
+    front_lines = ["| steps | " + " | ".join(f"≥{x}×" for x in (1.5, 2.0, 2.5, 3.0)) + " |",
+                   "| --- | --- | --- | --- | --- |"]
+    for steps in steps_list:
+        cells = [f"{b[1]:.1f} dB ({b[0]})" if b else "–" for b in whose[steps].values()]
+        front_lines.append(f"| {steps} | " + " | ".join(cells) + " |")
+    merged = measured.get("merged_from")
+    source = (f"measurements of {env['date']}" if not merged else
+              "measurements merged from " + "; ".join(f"`{m['file']}` ({m['date']}, steps {m['steps']}: "
+                                                        f"{', '.join(m['methods'])})" for m in merged))
+    md = (f"# Quality vs speed on the reference model\n\nGenerated by `bench/quality.py` from {source} "
+          f"({env['samples']} samples per point, CPU). CSV: `{stem}.csv`; every value, per-sample PSNRs and the "
+          f"calibrations: `{stem}.json`. PSNR is pooled over the samples (10·log10 of 1 / mean squared error); the CSV "
+          f"also has the mean and the minimum of the per-sample PSNRs. Speedup: block passes of the uncached runs / "
+          f"block passes of the cached runs (see below).\n\nBest PSNR (and its SSIM) among the swept settings of each "
+          f"method at or above each computed-steps speedup:\n\n{table}\n\nThe best of this pack's variants at each "
+          f"speedup (pooled PSNR, and which variant it is):\n\n" + "\n".join(front_lines) +
+          f"\n\n## Is the pack's front above TeaCache's, EasyCache's and LazyCache's?\n" + "\n".join(verdict) + "\n" + NOTES)
     few_md = few_step_report(measured, out, stem)        # the few-step part (below), "" when not measured
     (out / f"{stem}.md").write_text(md + few_md)
     print("\n" + table + "\n" + "\n".join(verdict) + few_md)
     if readme:
         note = (f"{env['samples']} samples (8 prompts × 4 seeds) per point, euler/simple, CFG 4; best PSNR (pooled over "
-                "the samples) among the swept settings at or above each computed-steps speedup. EasyCache\\* is ComfyUI's "
-                "EasyCache given a copy of its input (see below). Full results: "
+                "the samples) among the swept settings at or above each computed-steps speedup (block passes). "
+                "EasyCache\\* is ComfyUI's EasyCache given a copy of its input (see below). Full results: "
                 "[docs/benchmarks/quality_shapes.md](docs/benchmarks/quality_shapes.md).")
         note += few_step_readme_note(measured)
         print("README table updated" if update_readme(table + few_step_readme_table(measured), note)
@@ -723,6 +855,15 @@ def few_step_readme_note(measured: dict) -> str:
             "(base model) or after the patch.")
 
 
+def with_few_step(doc: dict, files) -> dict:
+    """--merge: the few-step part of the last of ``files`` that has one (it is measured whole, never in parts)."""
+    for f in reversed(files):
+        few = json.loads(Path(f).read_text()).get("few_step")
+        if few:
+            return dict(doc, few_step=few)
+    return doc
+
+
 def few_step_main(args) -> int:
     """--few-step-only: measures the few-step part and merges it into --out's quality_shapes.json (whose other
     measurements are kept), then rewrites every output from it."""
@@ -933,6 +1074,31 @@ def few_step_report(measured: dict, out: Path, stem: str) -> str:
     print(verdict_text(verdict))
     return (head + few_step_tables(few) + "\n\n" + verdict_text(verdict) + "\n"
             + FEW_NOTES.format(model=few["model"], lora=lora.get("file", "")))
+
+
+def merge(files: list[Path]) -> dict:
+    """One results document from several (``--merge``): points of the same (method setting, threshold, steps) are
+    taken from the later file; calibrations likewise; each file is listed in ``merged_from``. The uncached
+    references are deterministic (same prompts, seeds and calibration run), so runs of different methods or step
+    counts compare, on one kind of machine (another CPU may round differently)."""
+    docs = [(f, json.loads(Path(f).read_text())) for f in files]
+    points, calibrations, grids, merged = {}, {}, {}, []
+    for f, doc in docs:
+        for p in doc["points"]:
+            points[(p["setting"], p["threshold"], p["steps"])] = p
+        calibrations.update({str(k): v for k, v in doc["calibrations"].items()})
+        grids.update(doc.get("grids", {}))
+        env = doc["environment"]
+        merged.append({"file": str(f), "date": env["date"], "seconds": env.get("seconds"), "samples": env["samples"],
+                       "steps": sorted({p["steps"] for p in doc["points"]}),
+                       "methods": sorted({p["setting"] for p in doc["points"]})})
+    if len({m["samples"] for m in merged}) > 1:
+        raise SystemExit(f"cannot merge runs of different sample counts: {[(m['file'], m['samples']) for m in merged]}")
+    env = dict(docs[-1][1]["environment"], date=max(m["date"] for m in merged),
+               seconds=sum(m["seconds"] or 0 for m in merged))
+    return {"environment": env, "grids": grids, "merged_from": merged,
+            "reference_seconds": {k: v for _, d in docs for k, v in d.get("reference_seconds", {}).items()},
+            "calibrations": calibrations, "points": list(points.values())}
 
 
 if __name__ == "__main__":

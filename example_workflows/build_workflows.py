@@ -34,6 +34,10 @@ DEMO_DIR = ROOT / "demo" / "comfyui_magcache_demo" / "example_workflows"
 REFERENCE_CALIBRATION = ROOT / "demo" / "models" / "magcache_shapes_wan.calibration.json"
 
 
+# MagCacheApply's optional widgets after speed, at their defaults: skipped_steps, first_blocks, first_blocks_threshold.
+MAG_VARIANTS = ["reuse", 0, 0.2]
+
+
 def pack():
     """The pack as ComfyUI loads it (``comfyui_magcache``): the test process's, else set up here."""
     if "comfyui_magcache" not in sys.modules:
@@ -167,7 +171,7 @@ def magcache_widgets(preset: str) -> list:
     """MagCacheApply's widgets with the preset's recommended threshold / retention / K."""
     from comfyui_magcache.strategies import all_presets
     params = all_presets()[preset][1].params
-    return [preset, params.threshold, params.retention_ratio, params.max_skips, 0.0, 1.0, "main_device", "off", min_steps()]
+    return [preset, params.threshold, params.retention_ratio, params.max_skips, 0.0, 1.0, "main_device", "off"] + MAG_VARIANTS + [min_steps()]
 
 
 def preset_steps(preset: str) -> int:
@@ -419,7 +423,7 @@ def ltxv() -> Template:
             "speed, lower it for fidelity. LTX-Video needs long, descriptive prompts. " + bypass_hint("TeaCache Apply"))
     nodes = [
         N(1, "CheckpointLoaderSimple", ["ltx-video-2b-v0.9.safetensors"], (0, 0)),
-        N(2, "TeaCacheApply", [p, tea.params.rel_l1_thresh, tea.start_percent, 1.0, "main_device", 0, "off", min_steps()], (380, 0),
+        N(2, "TeaCacheApply", [p, tea.params.rel_l1_thresh, tea.start_percent, 1.0, "main_device", 0, "off", "reuse", min_steps()], (380, 0),
           {"model": (1, 0)}, color=CACHE_COLOR),
         N(3, "CLIPLoader", ["t5xxl_fp16.safetensors", "ltxv", "default"], (0, 200)),
         N(4, "CLIPTextEncode", ["A red fox trots through deep fresh snow in a quiet birch forest at sunrise. Its breath "
@@ -480,7 +484,7 @@ def calibrate_and_reuse() -> Template:
         N(16, "SaveAnimatedWEBP", ["magcache_calibration_run", 16.0, False, 90, "default"], (1880, 40),
           {"images": (15, 0)}),
         # group 2: reuse (muted until the calibration exists)
-        N(9, "MagCacheApply", [f"calibration: {CALIBRATION_NAME}", 0.12, 0.2, 4, 0.0, 1.0, "main_device", "off", min_steps()], (480, 480),
+        N(9, "MagCacheApply", [f"calibration: {CALIBRATION_NAME}", 0.12, 0.2, 4, 0.0, 1.0, "main_device", "off"] + MAG_VARIANTS + [min_steps()], (480, 480),
           {"model": (1, 0)}, color=CACHE_COLOR, mode=MUTED),
         N(10, "ModelSamplingSD3", [8.0], (880, 480), {"model": (9, 0)}, mode=MUTED),
         N(11, "KSampler", [SEED, "fixed", steps, 6.0, "uni_pc", "simple", 1.0], (1260, 480),
@@ -503,7 +507,7 @@ def tiny_wan_demo() -> Template:
     p = "wan2.1_t2v_1.3B"
     nodes = [
         N(1, "UNETLoader", ["magcache_tiny_wan.safetensors", "default"], (0, 0)),
-        N(2, "MagCacheApply", [p, 0.24, 0.2, 4, 0.0, 1.0, "main_device", "off", min_steps()], (380, 0), {"model": (1, 0)},
+        N(2, "MagCacheApply", [p, 0.24, 0.2, 4, 0.0, 1.0, "main_device", "off"] + MAG_VARIANTS + [min_steps()], (380, 0), {"model": (1, 0)},
           color=CACHE_COLOR),
         N(3, "MagCacheDemoConditioning", ["a red fox running through fresh snow, winter forest, morning light"], (0, 160),
           title="Positive (demo conditioning)", color=POSITIVE_COLOR),
@@ -539,7 +543,7 @@ def reference_shapes() -> Template:
             "MagCache and TeaCache over HTTP.")
     nodes = [
         N(1, "UNETLoader", ["magcache_shapes_wan.safetensors", "default"], (0, 0)),
-        N(2, "MagCacheApply", ["auto", 0.04, 0.1, 2, 0.0, 1.0, "main_device", "off", min_steps()], (400, 0),
+        N(2, "MagCacheApply", ["auto", 0.04, 0.1, 2, 0.0, 1.0, "main_device", "off"] + MAG_VARIANTS + [min_steps()], (400, 0),
           {"model": (1, 0), "ratios": (10, 0)}, color=CACHE_COLOR),
         N(10, "MagCacheRatios", [json.dumps(ratios, separators=(", ", ": "))], (0, 120),
           title="MagCache Ratios (reference model, 20 steps)", color=CACHE_COLOR),

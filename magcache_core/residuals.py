@@ -17,6 +17,11 @@ during the computed steps that follow. The host tells the store which residuals 
 copied at all; a residual that was offloaded and is wanted again is copied back on the side stream by
 ``prefetch``, which the host calls a step ahead, and the compute stream waits for that copy only
 where it uses the residual. Without CUDA (CPU offload targets, tests) the copies are plain copies.
+
+``keep_previous`` (extrapolated skipped steps, ``run.py``): each entry also keeps the residual of the computed
+step before its last one, with where both were made (``history``), offloaded and prefetched with it;
+``batch`` / ``get_batch`` then give a linear combination of the two per entry (one fused ``lerp`` each, on the
+device, no host sync). One extra residual per entry, nothing more.
 """
 from __future__ import annotations
 
@@ -34,28 +39,39 @@ class _Entry:
     batch: tuple | None = None           # (entries, batch tensor) it was stored with, while that is on the device
     host: torch.Tensor | None = None     # offloaded: the pinned host copy
     ready: object = None                 # CUDA event: the side-stream copy (to host or back) is done
+    at: object = None                    # where it was made (the host's (step, sigma)), for extrapolation
 
 
 class ResidualStore:
-    def __init__(self, offload_device: torch.device | None = None):
+    def __init__(self, offload_device: torch.device | None = None, keep_previous: bool = False):
         self.offload_device = None if offload_device is None else torch.device(offload_device)
+        self.keep_previous = keep_previous
         self._res: dict[int, _Entry] = {}
+        self._prev: dict[int, _Entry] = {}             # keep_previous: the residual before the last one
         self._streams: dict[torch.device, object] = {}
 
     # -- storing -------------------------------------------------------------------------------
     def put_batch(self, entries: Sequence[int], residual: torch.Tensor | Sequence[torch.Tensor],
-                  keep: bool = False) -> None:
-        """Store ``residual`` (a batch split evenly over ``entries``, or one chunk per entry). ``keep``: with
-        offloading, the next step uses these residuals, so they stay on the device (no copy at all)."""
+                  keep: bool = False, at=None) -> None:
+        """Store ``residual`` (a batch split evenly over ``entries``, or one chunk per entry), made ``at`` (the
+        host's place for it: ``history`` gives it back). ``keep``: with offloading, the next step uses these
+        residuals, so they stay on the device (no copy at all)."""
         entries = tuple(entries)
         whole = residual if isinstance(residual, torch.Tensor) else None
         chunks = residual.chunk(len(entries)) if whole is not None else list(residual)
         for e, chunk in zip(entries, chunks):
             old = self._res.get(e)
+            spare = old                                   # whose pinned host buffer the new one may reuse
+            if self.keep_previous:
+                spare = self._prev.pop(e, None)
+                if old is not None and old.shape == tuple(chunk.shape) and old.device == chunk.device:
+                    self._prev[e] = old
+                    if keep:
+                        self.prefetch_previous([e])       # the next (skipped) step extrapolates from it
             entry = _Entry(chunk, chunk.device, tuple(chunk.shape),
                            (entries, whole) if whole is not None else None,
-                           old.host if old is not None and old.host is not None and old.host.shape == chunk.shape
-                           and old.device == chunk.device else None)
+                           spare.host if spare is not None and spare.host is not None and spare.host.shape == chunk.shape
+                           and spare.device == chunk.device else None, at=at)
             self._res[e] = entry
             if self.offload_device is not None and not keep:
                 self._offload(entry)
@@ -88,14 +104,23 @@ class ResidualStore:
         if self.offload_device is None:
             return
         for e in entries:
-            entry = self._res.get(e)
-            if entry is not None and entry.tensor is not None:
-                self._offload(entry)
+            for entry in (self._res.get(e), self._prev.get(e)):
+                if entry is not None and entry.tensor is not None:
+                    self._offload(entry)
 
     def prefetch(self, entries: Sequence[int]) -> None:
-        """With offloading: start copying these residuals back to their devices, on the side stream."""
+        """With offloading: start copying these residuals back to their devices, on the side stream (with
+        ``keep_previous``, the ones before them too)."""
+        self._prefetch(self._res, entries)
+        if self.keep_previous:
+            self.prefetch_previous(entries)
+
+    def prefetch_previous(self, entries: Sequence[int]) -> None:
+        self._prefetch(self._prev, entries)
+
+    def _prefetch(self, table: dict, entries: Sequence[int]) -> None:
         for e in entries:
-            entry = self._res.get(e)
+            entry = table.get(e)
             if entry is None or entry.tensor is not None or entry.host is None:
                 continue
             if entry.device.type == "cuda":
@@ -120,18 +145,37 @@ class ResidualStore:
         e = self._res.get(entry)
         return e is not None and e.shape == tuple(shape) and e.device == device
 
-    def get_batch(self, entries: Sequence[int], like: torch.Tensor) -> torch.Tensor | None:
+    def history(self, entry: int) -> tuple[object, object]:
+        """(where the last residual of ``entry`` was made, where the one before it was, or None)."""
+        last, prev = self._res.get(entry), self._prev.get(entry)
+        return (None if last is None else last.at), (None if prev is None else prev.at)
+
+    def get_batch(self, entries: Sequence[int], like: torch.Tensor,
+                  coefficients: Sequence[tuple[float, float]] | None = None) -> torch.Tensor | None:
         """The stored residuals for ``entries`` in batch order, on ``like``'s device and dtype, or None if any
-        is missing, was made for another shape (new cond, new resolution) or on another device."""
+        is missing, was made for another shape (new cond, new resolution) or on another device.
+        ``coefficients``: see ``batch``."""
         expected = (like.shape[0] // len(entries),) + tuple(like.shape[1:])
         if not all(self.has(e, expected, like.device) for e in entries):
             return None
-        return self.batch(entries, like.dtype)
+        return self.batch(entries, like.dtype, coefficients)
 
-    def batch(self, entries: Sequence[int], dtype: torch.dtype | None = None) -> torch.Tensor:
+    def batch(self, entries: Sequence[int], dtype: torch.dtype | None = None,
+              coefficients: Sequence[tuple[float, float]] | None = None) -> torch.Tensor:
         """The residuals of ``entries`` (all present, on one device) as one batch: the stored batch tensor
-        itself where they were stored together in this order, else a concatenation."""
+        itself where they were stored together in this order, else a concatenation. ``coefficients`` (one
+        ``(a, b)`` per entry): ``a * last + b * previous`` instead of the last residual as it is (``b`` is ignored
+        where an entry has no previous residual of its shape)."""
         entries = tuple(entries)
+        if coefficients is not None and any(a != 1.0 or (b != 0.0 and e in self._prev)
+                                            for e, (a, b) in zip(entries, coefficients)):
+            whole = self._whole_batches(entries, coefficients)
+            if whole is not None:                       # stored together both times: one lerp, no cat
+                last, before, a = whole
+                out = torch.lerp(before, last, a)
+                return out if dtype is None or out.dtype == dtype else out.to(dtype)
+            parts = [self._combined(e, a, b, dtype) for e, (a, b) in zip(entries, coefficients)]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
         first = self._res[entries[0]]
         if first.batch is not None and first.batch[0] == entries and first.tensor is not None:
             out = first.batch[1]
@@ -145,10 +189,47 @@ class ResidualStore:
                 torch.cuda.current_stream(out.device).wait_event(ready)     # only where the copy back was needed
         return out if dtype is None or out.dtype == dtype else out.to(dtype)
 
+    def _whole_batches(self, entries: tuple, coefficients) -> tuple | None:
+        """(last batch, previous batch, a) where every entry has the same (a, 1 - a) and both residuals of all
+        of them are the batch tensors they were stored as, in this order, on the device (MagCache's batched CFG)."""
+        a, b = coefficients[0]
+        if any(c != (a, b) for c in coefficients) or abs(a + b - 1.0) >= 1e-12:
+            return None
+        last, prev = self._res.get(entries[0]), self._prev.get(entries[0])
+        if (last is None or prev is None or last.batch is None or prev.batch is None or last.batch[0] != entries
+                or prev.batch[0] != entries or last.tensor is None or prev.tensor is None
+                or any(self._prev.get(e) is None or self._prev[e].batch is None
+                       or self._prev[e].batch[1] is not prev.batch[1] for e in entries)
+                or last.batch[1].shape != prev.batch[1].shape):
+            return None
+        return last.batch[1], prev.batch[1], a
+
+    def _on_device(self, table: dict, e: int) -> torch.Tensor:
+        entry = table[e]
+        if entry.tensor is None:
+            self._prefetch(table, [e])
+        if entry.ready is not None and entry.tensor.device.type == "cuda":
+            torch.cuda.current_stream(entry.tensor.device).wait_event(entry.ready)
+        return entry.tensor
+
+    def _combined(self, e: int, a: float, b: float, dtype: torch.dtype | None) -> torch.Tensor:
+        last = self._on_device(self._res, e)
+        prev = self._prev.get(e)
+        if dtype is not None and last.dtype != dtype:
+            last = last.to(dtype)
+        if prev is None or b == 0.0 or prev.shape != self._res[e].shape:
+            return last if a == 1.0 else last * a
+        before = self._on_device(self._prev, e)
+        if before.dtype != last.dtype:
+            before = before.to(last.dtype)
+        if abs(a + b - 1.0) < 1e-12:
+            return torch.lerp(before, last, a)          # before + a (last - before) = a last + (1 - a) before
+        return torch.add(last * a, before, alpha=b)
+
     def device_bytes(self) -> int:
         """Bytes of residuals held on their devices now (tests, benchmarks)."""
         seen, total = set(), 0
-        for e in self._res.values():
+        for e in list(self._res.values()) + list(self._prev.values()):
             if e.tensor is not None:
                 t = e.batch[1] if e.batch is not None else e.tensor
                 if id(t) not in seen:
@@ -158,4 +239,5 @@ class ResidualStore:
 
     def clear(self) -> None:
         self._res.clear()
+        self._prev.clear()
         self._streams.clear()

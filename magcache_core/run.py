@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import threading
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -36,6 +37,7 @@ import torch
 
 from .calibration import CalibrationRecorder
 from .decision import MagCacheParams, MagCacheRule
+from .firstblock import FirstBlockParams, FirstBlockRule, relative_changes
 from .ratios import RatioCurves
 from .residuals import ResidualStore
 from .target import Plan, TeaOutcome, solve, tea_outcome
@@ -43,6 +45,11 @@ from .teacache import TeaCacheParams, TeaCacheRule
 
 log = logging.getLogger("comfyui-magcache")
 METHODS = ("magcache", "teacache", "calibrate")
+# How a skipped step uses the stored residuals (``extrapolate``): "off" reuses the last one as it is; the others
+# predict it to first order from the last two computed ones (one extra residual per cond entry), with the
+# weight given by the distance in steps ("step") or in sigma ("sigma"); "ratio" (MagCache only) scales the last
+# one by the curve's accumulated ratio since it was made (no extra residual).
+EXTRAPOLATIONS = ("off", "step", "sigma", "ratio")
 
 
 @dataclass(frozen=True)
@@ -63,10 +70,18 @@ class RunConfig:
     whole_run: bool = False                            # the curve was recorded on exactly these sigmas: read it
                                                        # as a whole run, not located in a longer schedule
     notice: str = ""                                   # what 'auto' decided, for the log and the node report
+    extrapolate: str = "off"                           # skipped steps: one of EXTRAPOLATIONS
+    first_blocks: FirstBlockParams | None = None       # MagCache only: a skip the content confirms (firstblock.py)
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.extrapolate not in EXTRAPOLATIONS:
+            raise ValueError(f"extrapolate must be one of {EXTRAPOLATIONS}, got {self.extrapolate!r}")
+        if self.extrapolate == "ratio" and self.method != "magcache":
+            raise ValueError("extrapolate 'ratio' needs a MagCache curve")
+        if self.first_blocks is not None and (self.method != "magcache" or self.first_blocks.blocks < 1):
+            raise ValueError("first_blocks: a MagCache run with at least one first block")
 
 
 @dataclass
@@ -89,15 +104,21 @@ class CallContext:
     new_residual: torch.Tensor | None = None      # a computed call: the blocks' residual (out - in), from leave_blocks
     skip_out: torch.Tensor | None = None
     input_l1: list | None = None                  # calibration: the change of TeaCache's indicator, per entry
+    probing: bool = False                         # first_blocks: entered, the first blocks not yet confirmed
+    prior: bool = False                           # first_blocks: the step's MagCache decision (the content may veto it)
+    probe: torch.Tensor | None = None             # first_blocks: their residual in this call
 
 
 class RunState:
     def __init__(self, config: RunConfig, sample_sigmas: Sequence[float],
                  window: tuple[float, float] = (float("inf"), float("-inf")),
                  on_new_step: Callable[[int, int], None] | None = None,
-                 offset: int = 0, total_steps: int | None = None, record_indicator: bool = False):
+                 offset: int = 0, total_steps: int | None = None, record_indicator: bool = False,
+                 blocks: int | None = None):
         """``record_indicator``: a calibration run also records TeaCache's indicator (the host then
-        passes the modulated input to ``enter_blocks``), so that a polynomial can be fitted."""
+        passes the modulated input to ``enter_blocks``), so that a polynomial can be fitted. ``blocks``: how
+        many transformer blocks the host runs per computed call (None: a whole model), for the block-pass
+        count of ``first_blocks`` runs, whose skipped steps still run the first blocks."""
         self.config = config
         self.sigmas = [float(s) for s in sample_sigmas]
         self.run_steps = max(len(self.sigmas) - 1, 1)
@@ -108,10 +129,12 @@ class RunState:
         self._ascending = [-s for s in self.sigmas]
         self.start_sigma, self.end_sigma = window
         self.on_new_step = on_new_step
-        self.residuals = ResidualStore(config.offload_device)
+        self.residuals = ResidualStore(config.offload_device, keep_previous=config.extrapolate in ("step", "sigma"))
+        self.blocks = blocks
         self.recorder = CalibrationRecorder() if config.method == "calibrate" else None
         self.record_indicator = bool(record_indicator and self.recorder is not None)
-        self.rule = self.tea = None
+        self.rule = self.tea = self.fb = None
+        self._probe_ref: dict[int, torch.Tensor] = {}   # first_blocks: their residual on each entry's last computed step
         self._plan: Plan | TeaOutcome | None = None      # the speed target's plan / outcome (target.py)
         if config.method == "magcache":
             cache: dict[int, list[float]] = {}
@@ -120,6 +143,11 @@ class RunState:
             # A speed target is solved at the run's second step, when every cond has been seen; the first
             # step computes anyway (there is no residual yet), so threshold 0 (never skip) until then.
             params = replace(config.params, threshold=0.0) if config.target is not None else config.params
+            if config.first_blocks is not None:
+                # The rule is the prior (per step); the content vetoes per entry, after the first blocks (confirm).
+                self.fb = FirstBlockRule(config.first_blocks)
+                if not config.first_blocks.prior:
+                    params = replace(params, threshold=math.inf)
             self.rule = MagCacheRule(params, curve_of, self.num_steps)
         elif config.method == "teacache":
             params, self._tea_source = config.params, "the input"
@@ -135,6 +163,7 @@ class RunState:
         self._lock = threading.Lock()        # the shared decision and bookkeeping, for calls in threads
         self._evaluations: dict[tuple, int] = {}         # (sigma, key, kind) -> evaluations so far
         self._ids: dict[tuple, int] = {}                  # (key, kind, n) -> the entry's number in this run
+        self._kind_of: dict[int, int] = {}                # entry number -> its kind (extrapolate "ratio")
         self._next_skips = False                          # the rule expects the next step to skip
 
     @property
@@ -182,12 +211,14 @@ class RunState:
                 role = (sigma, key, kind)
                 n = self._evaluations.get(role, 0)
                 self._evaluations[role] = n + 1
-                entries.append(self._ids.setdefault((key, kind, n), len(self._ids)))
+                entry = self._ids.setdefault((key, kind, n), len(self._ids))
+                self._kind_of[entry] = kind
+                entries.append(entry)
                 own.append(n == 0)
         ctx = CallContext(step, sigma, entries, list(kinds), skip, own)
         if skip and self.tea is None and device is not None:
             if all(self.residuals.has_on(e, device) for e in entries):
-                ctx.residual = self.residuals.batch(entries)
+                ctx.residual = self.residuals.batch(entries, coefficients=self._coefficients(step, sigma, entries))
             else:                             # nothing cached for some entry (yet) on this device: compute
                 ctx.skip = False
         if new and self.on_new_step:
@@ -239,12 +270,18 @@ class RunState:
     # dictionaries) waits for ``end_call``, after the model returned. TeaCache must read its indicator there.
     def enter_blocks(self, ctx: CallContext, stream_in: torch.Tensor, modulated: torch.Tensor | None = None) -> None:
         ctx.entered = True
+        if self.fb is not None:
+            # first_blocks: the first blocks run on every step; confirm_first_blocks decides after them, where the
+            # step's MagCache decision (the prior) allows a skip.
+            ctx.prior, ctx.skip, ctx.probing = ctx.skip, False, True
+            ctx.stream_in = stream_in.clone()
+            return
         if self.tea is not None:
             self._tea_enter(ctx, stream_in, modulated)
         elif ctx.skip:
             r = ctx.residual
             if r is None:                     # a host that did not say the device in begin_call
-                r = self.residuals.get_batch(ctx.keys, stream_in)
+                r = self.residuals.get_batch(ctx.keys, stream_in, self._coefficients(ctx.step, ctx.sigma, ctx.keys))
             if r is not None and r.shape == stream_in.shape:
                 ctx.skip_out = stream_in + (r if r.dtype == stream_in.dtype else r.to(stream_in.dtype))
                 return
@@ -269,14 +306,91 @@ class RunState:
                                   and self.residuals.has(key, chunk_shape, stream_in.device))
         ctx.skip = bool(ctx.skip_keys) and len(ctx.skip_keys) == len(set(ctx.keys))
         if ctx.skip:
-            ctx.skip_out = stream_in + self.residuals.get_batch(ctx.keys, stream_in)
+            ctx.skip_out = stream_in + self._cached(ctx, ctx.keys, stream_in)
         else:
             ctx.stream_in = stream_in.clone()
+
+    def confirm_first_blocks(self, ctx: CallContext, stream_mid: torch.Tensor) -> None:
+        """first_blocks: the call's first blocks have run and ``stream_mid`` left them. Decides, per entry, whether
+        the remaining blocks are skipped (``firstblock.py``); one host sync (the entries' changes, read at once;
+        under torch.compile a graph break here). After it, ``ctx.skip`` says whether every entry skips (then
+        ``ctx.skip_out`` is the last block's stream), and ``ctx.stream_in`` is what the remaining blocks' residual
+        is measured from."""
+        ctx.probing = False
+        n = len(ctx.keys)
+        probe = stream_mid - ctx.stream_in
+        chunk_shape = (stream_mid.shape[0] // n,) + tuple(stream_mid.shape[1:])
+        refs = [self._probe_ref.get(key) for key in ctx.keys]
+        ok = [i for i, r in enumerate(refs) if r is not None and tuple(r.shape) == chunk_shape and r.device == probe.device]
+        changes: list[float | None] = [None] * n
+        if ok and ctx.prior:
+            cur = probe if len(ok) == n else torch.cat([probe.chunk(n)[i] for i in ok])
+            ref = refs[ok[0]] if len(ok) == 1 else torch.cat([refs[i] for i in ok])
+            for i, v in zip(ok, relative_changes(cur, ref, len(ok)).tolist()):
+                changes[i] = v
+        skip = set()
+        for i, key in enumerate(ctx.keys):
+            k = (ctx.step, key)
+            if k not in self.key_decisions:         # a 2nd call in one step (2nd-order samplers) reuses it
+                self.key_decisions[k] = self.fb.decide(ctx.step, key, changes[i], ctx.prior)
+            if self.key_decisions[k]:
+                if self.residuals.has(key, chunk_shape, stream_mid.device):
+                    skip.add(key)
+                else:                               # no residual of this shape yet: it computes
+                    self.fb.computed(key)
+        ctx.skip_keys, ctx.probe = frozenset(skip), probe
+        ctx.skip = bool(skip) and len(skip) == len(set(ctx.keys))
+        if ctx.skip:
+            r = ctx.residual
+            if r is None or r.shape != stream_mid.shape:
+                r = self._cached(ctx, ctx.keys, stream_mid)
+            ctx.skip_out = stream_mid + (r if r.dtype == stream_mid.dtype else r.to(stream_mid.dtype))
+            ctx.stream_in = None
+        else:
+            ctx.stream_in = stream_mid.clone()      # the remaining blocks may update it in place
+
+    def _cached(self, ctx: CallContext, keys, like: torch.Tensor) -> torch.Tensor:
+        """The residual a skipped ``ctx`` adds for ``keys``: the last one as it is, or extrapolated (``extrapolate``)."""
+        return self.residuals.get_batch(keys, like, self._coefficients(ctx.step, ctx.sigma, keys))
+
+    def _coefficients(self, step: int, sigma: float, entries) -> list[tuple[float, float]] | None:
+        if self.config.extrapolate == "off":
+            return None
+        return [self.extrapolation(step, sigma, e) for e in entries]
+
+    def extrapolation(self, step: int, sigma: float, entry: int) -> tuple[float, float]:
+        """(a, b): the residual used at ``step`` / ``sigma`` for ``entry`` is ``a * last + b * previous`` (host
+        floats, no device work). "step" / "sigma": first order through the last two computed residuals, by the
+        distance in steps or in sigma (a = 1 + w, b = -w, w = distance from the last / distance between the two);
+        "ratio": the last one times the curve's product of ratios since it was made."""
+        form = self.config.extrapolate
+        last, before = self.residuals.history(entry)
+        if form == "off" or last is None:
+            return 1.0, 0.0
+        if form == "ratio":
+            curve = self._curve_of(self._kind_of.get(entry, 0))
+            ratio = 1.0
+            for t in range(last[0] + 1, step + 1):
+                ratio *= curve[t] if t < len(curve) else 1.0
+            return ratio, 0.0
+        if before is None:
+            return 1.0, 0.0
+        i, now = (0, step) if form == "step" else (1, sigma)
+        span = last[i] - before[i]
+        if span == 0:
+            return 1.0, 0.0
+        w = (now - last[i]) / span
+        return 1.0 + w, -w
 
     def leave_blocks(self, ctx: CallContext, stream_out: torch.Tensor) -> torch.Tensor | None:
         """Note the stream leaving the last block of a computed call (``end_call`` stores the residual).
         Returns the stream to continue with when some entries of the batch take their cached residual
-        instead (TeaCache), else None."""
+        instead (TeaCache, first_blocks), else None."""
+        if ctx.probing:
+            # first_blocks, but the block that confirms never ran in this call (another patch replaced ours for it):
+            # every block computed; what it measured is not the remaining blocks' residual, so nothing is stored.
+            ctx.probing = False
+            return None
         # The residual now: a model may change the stream in place after its last block (Wan S2V's audio
         # injector), and the stream entering the blocks is needed no longer.
         ctx.new_residual = stream_out - ctx.stream_in
@@ -286,7 +400,7 @@ class RunState:
         self._store(ctx)
         n = len(ctx.keys)
         outs, ins = stream_out.chunk(n), ctx.stream_in.chunk(n)
-        return torch.cat([outs[i] if key not in ctx.skip_keys else ins[i] + self.residuals.get_batch([key], ins[i])
+        return torch.cat([outs[i] if key not in ctx.skip_keys else ins[i] + self._cached(ctx, [key], ins[i])
                           for i, key in enumerate(ctx.keys)])
 
     def _store(self, ctx: CallContext) -> None:
@@ -296,11 +410,16 @@ class RunState:
         n = len(ctx.keys)
         computed = [i for i, key in enumerate(ctx.keys) if key not in ctx.skip_keys]
         keep = self._next_skips and self.tea is None
+        at = (ctx.step, ctx.sigma)
         if len(computed) == n:
-            self.residuals.put_batch(ctx.keys, residual, keep)
+            self.residuals.put_batch(ctx.keys, residual, keep, at)
         else:
             res_chunks = residual.chunk(n)
-            self.residuals.put_batch([ctx.keys[i] for i in computed], [res_chunks[i] for i in computed], keep)
+            self.residuals.put_batch([ctx.keys[i] for i in computed], [res_chunks[i] for i in computed], keep, at)
+        if ctx.probe is not None:                 # first_blocks: the reference their next changes are measured from
+            probes = ctx.probe.chunk(n)
+            for i in computed:
+                self._probe_ref[ctx.keys[i]] = probes[i]
         if self.recorder is not None:
             res_chunks = residual.chunk(n)
             for i in computed:
@@ -338,7 +457,7 @@ class RunState:
                     for key in ctx.keys:
                         if key not in ctx.skip_keys and self.key_decisions.get((ctx.step, key)):
                             self.tea.computed(key)
-        ctx.stream_in = ctx.new_residual = ctx.skip_out = ctx.residual = ctx.input_l1 = None
+        ctx.stream_in = ctx.new_residual = ctx.skip_out = ctx.residual = ctx.input_l1 = ctx.probe = None
 
     # -- end of run -------------------------------------------------------------------------
     @property
@@ -349,7 +468,7 @@ class RunState:
         seen = self.steps_seen
         done = sorted(self.computed_steps)
         skipped = [s for s in seen if s not in self.computed_steps]
-        speed = len(seen) / len(done) if done else 1.0
+        speed = self.block_pass_speedup(len(done), len(skipped))
         where = f" (steps {self.offset}-{self.offset + self.run_steps - 1} of {self.num_steps})" \
             if self.run_steps != self.num_steps else ""
         bypassed = (f"; {self.bypassed_calls} model calls bypassed the block patches and computed in full"
@@ -358,10 +477,25 @@ class RunState:
         return (f"{self.config.method} [{self.config.label}]{where}: computed {len(done)}/{len(seen)} steps "
                 f"{done}, skipped {len(skipped)} ({speed:.2f}x fewer block passes){bypassed}{target}")
 
+    def block_pass_speedup(self, computed: int, skipped: int) -> float:
+        """How many times fewer block passes than computing every step: steps / computed steps, except with
+        ``first_blocks``, whose skipped steps still run the first blocks (counted when the host said how many
+        blocks a call runs)."""
+        if not computed:
+            return 1.0
+        if self.fb is None or not self.blocks:
+            return (computed + skipped) / computed
+        first = self.config.first_blocks.blocks
+        return (computed + skipped) * self.blocks / (computed * self.blocks + skipped * first)
+
     def release(self) -> None:
         self._evaluations.clear()
         self._ids.clear()
+        self._kind_of.clear()
         self.residuals.clear()
+        self._probe_ref.clear()
+        if self.fb is not None:
+            self.fb.clear()
         if self.recorder is not None:
             self.recorder.clear()
         if self.tea is not None:

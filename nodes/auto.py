@@ -171,6 +171,8 @@ class AutoRun:
     end_percent: float = 1.0
     offload_device: torch.device | None = None
     target: object = None                        # speed target (magcache_core/target.py), passed on
+    extrapolate: str = "off"                     # skipped steps (RunConfig.extrapolate), passed on
+    first_blocks: object = None                  # MagCache: FirstBlockParams (RunConfig.first_blocks), passed on
 
     @property
     def label(self) -> str:
@@ -205,14 +207,15 @@ class AutoRun:
             if self.method == "magcache":
                 config = RunConfig("magcache", self.params, curves_of(doc), self.start_percent, self.end_percent,
                                    self.offload_device, label=f"{title}, auto: calibration {doc['name']!r}",
-                                   whole_run=True, notice=notice, target=self.target)
+                                   whole_run=True, notice=notice, target=self.target,
+                                   extrapolate=self.extrapolate, first_blocks=self.first_blocks)
             else:
                 p = self.params
                 config = RunConfig("teacache", TeaCacheParams(p.rel_l1_thresh, tuple(doc["teacache"]["coefficients"]),
                                                               p.max_skips), None, self.start_percent,
                                    self.end_percent, self.offload_device,
                                    label=f"{title}, auto: calibration {doc['name']!r} (fitted)", whole_run=True,
-                                   target=self.target,
+                                   target=self.target, extrapolate=self.extrapolate,
                                    notice=notice)
             log.info("MagCache %s [fingerprint %.3f s]", notice, seconds)
             return config, None

@@ -9,6 +9,7 @@ import folder_paths
 
 from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, RunConfig
 from ..magcache_core.decision import MAX_SKIPS_MAX, THRESHOLD_MAX    # input maxima: the front end clamps to them
+from ..magcache_core.firstblock import FirstBlockParams
 from ..magcache_core.storage import (MODEL_ALIASES, CalibrationStore, check_name, curves_of, made_on, parse_json,
                                      save_calibration)
 from ..magcache_core.target import SPEED_CHOICES, parse_speed, preview
@@ -23,6 +24,43 @@ log = logging.getLogger("comfyui-magcache")
 CALIBRATION_PREFIX = "calibration: "
 CALIBRATION_ALIASES = MODEL_ALIASES            # strategy names of calibrations saved by earlier versions
 HIDDEN = {"unique_id": "UNIQUE_ID"}              # the node's id: run reports are drawn on it (report.py)
+# skipped_steps: "reuse" is the authors' rule (the last residual as it is); "extrapolate" predicts it to first order
+# from the last two computed ones, in the form bench/variant_forms.py measured best (RunConfig.extrapolate).
+SKIPPED_CHOICES = ("reuse", "extrapolate")
+EXTRAPOLATE_FORM = "step"
+FIRST_BLOCKS_MAX = 8
+FIRST_BLOCKS_THRESHOLD_MAX = 2.0
+FIRST_BLOCKS_ACCUMULATE = True                   # the forms bench/variant_forms.py measured best
+FIRST_BLOCKS_PRIOR = True
+
+
+TEACACHE_EXTRAPOLATE_FORM = "step"                # TeaCache has no curve: "ratio" is MagCache's only
+
+
+def extrapolate_form(skipped_steps, input_name: str = "skipped_steps", tea: bool = False) -> str:
+    """The RunConfig.extrapolate of a node's skipped_steps input."""
+    if skipped_steps not in SKIPPED_CHOICES:
+        raise MagCacheInputError(input_name, f"got {skipped_steps!r}; expected one of {', '.join(SKIPPED_CHOICES)}")
+    if skipped_steps == "reuse":
+        return "off"
+    return TEACACHE_EXTRAPOLATE_FORM if tea else EXTRAPOLATE_FORM
+
+
+SKIPPED_TOOLTIP = (
+    "What a skipped step adds to the blocks' input. 'reuse' (the MagCache authors' rule): the residual of the last "
+    "computed step, as it is. 'extrapolate': predicted to first order from the last two computed residuals (by their "
+    "distance in steps), TaylorSeer-style; keeps one extra residual per cond (more memory: one more image-stream-sized "
+    "tensor per cond, on cache_device); the schedule is the same.")
+FIRST_BLOCKS_TOOLTIP = (
+    "0 = off (the authors' rule). N > 0: the first N transformer blocks run on every step, and the others are skipped "
+    "only where the curve allows it (threshold, retention, K) AND the first blocks' residual has changed little since "
+    "that cond's last computed step (first_blocks_threshold): a schedule per prompt and seed (first-block cache). "
+    "Costs N blocks on each skipped step, one more stored tensor per cond and one host sync per model call. "
+    "Not with a speed target.")
+FIRST_BLOCKS_THRESHOLD_TOOLTIP = (
+    "With first_blocks > 0: the most the first blocks' residual may change, summed over the skipped steps since the "
+    "last computed one (each step's change: relative L1 against that computed step), for the other blocks to skip. "
+    "Higher = faster; 0 = never skip.")
 
 
 def calibration_store() -> CalibrationStore:
@@ -103,13 +141,18 @@ class MagCacheApply:
             "optional": {
                 "ratios": ("MAGCACHE_RATIOS", {"tooltip": "Your own ratio curve (from a 'MagCache Ratios' node); overrides the preset."}),
                 "speed": (list(SPEED_CHOICES), {"default": "off", "tooltip": SPEED_TOOLTIP}),
+                "skipped_steps": (list(SKIPPED_CHOICES), {"default": "reuse", "tooltip": SKIPPED_TOOLTIP}),
+                "first_blocks": ("INT", {"default": 0, "min": 0, "max": FIRST_BLOCKS_MAX, "tooltip": FIRST_BLOCKS_TOOLTIP}),
+                "first_blocks_threshold": ("FLOAT", {"default": 0.2, "min": 0.0, "max": FIRST_BLOCKS_THRESHOLD_MAX,
+                                                     "step": 0.01, "tooltip": FIRST_BLOCKS_THRESHOLD_TOOLTIP}),
                 "min_steps": ("INT", {"default": MIN_STEPS, "min": 0, "max": MIN_STEPS_MAX, "tooltip": MIN_STEPS_TOOLTIP}),
             },
             "hidden": HIDDEN,
         }
 
     def apply(self, model, preset, threshold, retention_ratio, max_skip_steps, start_percent=0.0,
-              end_percent=1.0, cache_device="main_device", ratios=None, speed="off", unique_id=None,
+              end_percent=1.0, cache_device="main_device", ratios=None, speed="off", skipped_steps="reuse",
+              first_blocks=0, first_blocks_threshold=0.2, unique_id=None,
               min_steps=MIN_STEPS):
         params = MagCacheParams(number("threshold", threshold, 0.0, THRESHOLD_MAX),
                                 number("retention_ratio", retention_ratio, 0.0, 1.0),
@@ -118,14 +161,21 @@ class MagCacheApply:
         offload = offload_device(cache_device)
         target = parse_speed(speed, "speed")
         min_steps = number("min_steps", min_steps, 0, MIN_STEPS_MAX, integer=True)
+        extrapolate = extrapolate_form(skipped_steps)
+        n_first = number("first_blocks", first_blocks, 0, FIRST_BLOCKS_MAX, integer=True)
+        content = number("first_blocks_threshold", first_blocks_threshold, 0.0, FIRST_BLOCKS_THRESHOLD_MAX)
         strategy = detect(model)
+        first = None
+        if n_first:
+            first = first_blocks_params(strategy, n_first, content, target)
         curves, label, recommended = resolve_curves(strategy, model, preset, ratios)
         if curves is None:
-            config = AutoRun("magcache", strategy, label, params, start, end, offload, target=target)
+            config = AutoRun("magcache", strategy, label, params, start, end, offload, target=target,
+                             extrapolate=extrapolate, first_blocks=first)
             label = "auto: a calibration of this model, made by its first run if none is saved"
         else:
             config = RunConfig("magcache", params, curves, start, end, offload, label=f"{strategy.title}, {label}",
-                               target=target,
+                               target=target, extrapolate=extrapolate, first_blocks=first,
                                notice=f"auto: published curve {label}" if preset == "auto" and ratios is None else "")
         notices = []
         if recommended is not None and (recommended != params if target is None else
@@ -139,8 +189,12 @@ class MagCacheApply:
             threshold = f"speed {speed} (threshold input ignored)"
             notices.append(f"planned at the curve's {plan.total_steps} steps ({kinds}): {plan.outcome()}; solved "
                            "again when sampling starts, for the run's steps, conds and window")
-        settings = f"{threshold}, retention {params.retention_ratio}, K {params.max_skips}" + window_text(start, end) \
-            + min_steps_text(min_steps)
+        settings = f"{threshold}, retention {params.retention_ratio}, K {params.max_skips}" + window_text(start, end)
+        if extrapolate != "off":
+            settings += ", skipped steps extrapolated"
+        if first is not None:
+            settings += f", first {first.blocks} block{'s' * (first.blocks > 1)} confirm (change < {first.threshold:g})"
+        settings += min_steps_text(min_steps)
         log.info("MagCacheApply: %s (%s-level cache), %s, %s%s", strategy.title, strategy.level, label, settings,
                  "".join("; " + n for n in notices))
         patched = patch_model(model, strategy, config, reporter=Reporter(unique_id, "MagCacheApply", settings),
@@ -151,6 +205,20 @@ class MagCacheApply:
 def min_steps_text(min_steps: int) -> str:
     """The few-step minimum for a settings line: empty at the default."""
     return "" if min_steps == MIN_STEPS else (", runs of any length" if min_steps == 0 else f", min_steps {min_steps}")
+
+
+def first_blocks_params(strategy, n: int, threshold: float, target) -> FirstBlockParams:
+    """The first-block-confirmed skip for ``strategy``, or an error naming the input that rules it out."""
+    if strategy.level != "blocks":
+        raise MagCacheInputError("first_blocks", f"{strategy.title} is cached as a whole model (ComfyUI gives it no "
+                                                 "block patches), so there are no first blocks to run; set 0")
+    if n >= len(strategy.block_keys):
+        raise MagCacheInputError("first_blocks", f"is {n}, but {strategy.title} has {len(strategy.block_keys)} blocks; "
+                                                 "at least one must remain to skip")
+    if target is not None:
+        raise MagCacheInputError("speed", "a speed target fixes the schedule before sampling, but with first_blocks > 0 "
+                                          "the image decides which steps skip; set speed to off (or first_blocks to 0)")
+    return FirstBlockParams(n, threshold, accumulate=FIRST_BLOCKS_ACCUMULATE, prior=FIRST_BLOCKS_PRIOR)
 
 
 class MagCacheCalibrate:

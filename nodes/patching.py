@@ -143,7 +143,7 @@ def patch_model(model, strategy: Strategy, config, on_success=None, reporter: re
         last = len(strategy.block_keys) - 1
         dm = m.model.diffusion_model
         for i, key in enumerate(strategy.block_keys):
-            patch = BlockPatch(key, i == 0, i == last, existing.get(key), strategy.original_block(dm, key))
+            patch = BlockPatch(key, i == 0, i == last, existing.get(key), strategy.original_block(dm, key), index=i)
             m.set_model_patch_replace(patch, "dit", key[0], key[1])
     return m
 
@@ -181,7 +181,8 @@ def _outer_sample(config: RunConfig, strategy: Strategy, on_success, reporter, e
         bar = comfy.utils.ProgressBar(max(len(sigmas) - 1, 1))
         progress = lambda step, total: bar.update_absolute(step + 1, total)  # noqa: E731
     state = RunState(config, sigmas.tolist(), window, on_new_step=progress, offset=offset, total_steps=total,
-                     record_indicator=strategy.supports_teacache)
+                     record_indicator=strategy.supports_teacache,
+                     blocks=len(strategy.block_keys) if isinstance(strategy, BlockStrategy) else None)
     run = Run(state, strategy, clocked(sampler))
     if run.clock is not None:                   # the sampler tells each finished step through its callback
         args, kwargs = _with_callback(run.clock, args, kwargs)
@@ -287,8 +288,9 @@ class BlockPatch:
     """The replace patch for one block; ``prev`` is a patch that was there before ours; ``original``, where
     the strategy gives one, stands in for the model's ``extra["original_block"]`` (BlockStrategy.original_block)."""
 
-    def __init__(self, key, first: bool, last: bool, prev=None, original=None):
+    def __init__(self, key, first: bool, last: bool, prev=None, original=None, index: int = 0):
         self.key, self.first, self.last, self.prev, self.original = key, first, last, prev, original
+        self.index = index                 # the block's place in the strategy's block_keys (first_blocks confirms after N - 1)
 
     def _compute(self, args, extra):
         if self.original is not None:
@@ -299,7 +301,8 @@ class BlockPatch:
         """ComfyUI moves block patches that have ``to`` to the load device, and under multi-GPU work
         units to each call's device: pass that on to the patch this one wraps (never in place)."""
         moved = self.prev.to(device_or_dtype) if hasattr(self.prev, "to") else self.prev
-        return self if moved is self.prev else BlockPatch(self.key, self.first, self.last, moved, self.original)
+        return self if moved is self.prev else BlockPatch(self.key, self.first, self.last, moved, self.original,
+                                                          index=self.index)
 
     def __call__(self, args, extra):
         # Inside the model's forward (compiled under torch.compile): plain attribute reads and branches on
@@ -328,6 +331,11 @@ class BlockPatch:
             # (VACE hints, in place) is dropped with it at the last block, which returns skip_out, made before.
             return s.passthrough(self.key, args)
         out = self._compute(args, extra)
+        if ctx.probing and self.index == call.run.state.config.first_blocks.blocks - 1:
+            # first_blocks: the first N blocks have run; the remaining ones are skipped if the content confirms.
+            # What they pass on is this block's output as it is; on a skip the last block returns skip_out.
+            s = call.run.strategy
+            call.run.state.confirm_first_blocks(ctx, s.stream_out(self.key, out, ctx.stream_in.shape[1]))
         if self.last:
             s = call.run.strategy
             mixed = call.run.state.leave_blocks(ctx, s.stream_out(self.key, out, ctx.stream_in.shape[1]))

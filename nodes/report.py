@@ -86,7 +86,7 @@ def run_report(state, seconds: float | None = None, finished: bool = True, detai
         "method": config.method, "title": TITLES[config.method], "label": config.label,
         "offset": state.offset, "run_steps": state.run_steps, "total_steps": state.num_steps,
         "strip": strip, "computed": computed, "skipped": skipped,
-        "speedup": round((computed + skipped) / computed, 3) if computed else 1.0,
+        "speedup": round(_block_pass_speedup(state, computed, skipped), 3),
         "seconds": None if seconds is None else round(seconds, 3),
         "finished": finished, "notices": notices, "sampler": sampler,
     }
@@ -96,6 +96,14 @@ def run_report(state, seconds: float | None = None, finished: bool = True, detai
     if plan is not None:
         out["target"] = plan.as_dict()
     return out
+
+
+def _block_pass_speedup(state, computed: int, skipped: int) -> float:
+    """Steps / computed steps; a first_blocks run counts the first blocks its skipped steps still ran."""
+    count = getattr(state, "block_pass_speedup", None)
+    if callable(count):
+        return count(computed, skipped)
+    return (computed + skipped) / computed if computed else 1.0
 
 
 def unusable_report(config, reason: str, sampler: dict | None = None) -> dict:

@@ -8,8 +8,8 @@ from ..magcache_core.target import SPEED_CHOICES, parse_speed
 from ..magcache_core.teacache import REL_L1_THRESH_MAX
 from ..strategies import METHOD_TEACACHE, all_presets, detect, unknown_preset
 from .inputs import number, offload_device, window, window_and_cache_inputs, window_text
-from .magcache_nodes import (CALIBRATION_PREFIX, HIDDEN, MAX_SKIPS_MAX, calibration_store, load_calibration,
-                             min_steps_text)
+from .magcache_nodes import (CALIBRATION_PREFIX, HIDDEN, MAX_SKIPS_MAX, SKIPPED_CHOICES, SKIPPED_TOOLTIP, calibration_store,
+                             extrapolate_form, load_calibration, min_steps_text)
 from .schedule import MIN_STEPS, MIN_STEPS_MAX, MIN_STEPS_TOOLTIP
 from .auto import AutoRun
 from .patching import patch_model
@@ -83,19 +83,22 @@ class TeaCacheApply:
                 "max_skip_steps": ("INT", {"default": 0, "min": 0, "max": MAX_SKIPS_MAX, "tooltip":
                                    f"At most this many steps in a row are skipped; 0 = no limit (as published). At most {MAX_SKIPS_MAX}."}),
                 "speed": (list(SPEED_CHOICES), {"default": "off", "tooltip": SPEED_TOOLTIP}),
+                "skipped_steps": (list(SKIPPED_CHOICES), {"default": "reuse", "tooltip": SKIPPED_TOOLTIP}),
                 "min_steps": ("INT", {"default": MIN_STEPS, "min": 0, "max": MIN_STEPS_MAX, "tooltip": MIN_STEPS_TOOLTIP}),
             },
             "hidden": HIDDEN,
         }
 
     def apply(self, model, preset, rel_l1_thresh, start_percent=0.0, end_percent=1.0,
-              cache_device="main_device", max_skip_steps=0, speed="off", unique_id=None, min_steps=MIN_STEPS):
+              cache_device="main_device", max_skip_steps=0, speed="off", skipped_steps="reuse", unique_id=None,
+              min_steps=MIN_STEPS):
         thresh = number("rel_l1_thresh", rel_l1_thresh, 0.0, REL_L1_THRESH_MAX)
         start, end = window(start_percent, end_percent)
         offload = offload_device(cache_device)
         cap = number("max_skip_steps", max_skip_steps, 0, MAX_SKIPS_MAX, integer=True)
         target = parse_speed(speed, "speed")
         min_steps = number("min_steps", min_steps, 0, MIN_STEPS_MAX, integer=True)
+        extrapolate = extrapolate_form(skipped_steps, tea=True)
         if target is not None and thresh <= 0:
             raise MagCacheInputError("rel_l1_thresh", "is 0 (never skip), so a run measures nothing to reach the speed "
                                                       "from; give a starting value > 0, e.g. the preset's")
@@ -104,20 +107,23 @@ class TeaCacheApply:
         if coefficients is None:
             # The coefficients come from the calibration found when sampling starts.
             config = AutoRun("teacache", strategy, label, TeaCacheParams(thresh, max_skips=cap or None), start, end, offload,
-                             target=target)
+                             target=target, extrapolate=extrapolate)
             label = "auto: the polynomial of a calibration of this model, made by its first run if none is saved"
         else:
             params = TeaCacheParams(thresh, tuple(coefficients), cap or None)
             config = RunConfig("teacache", params, None, start, end, offload, label=f"{strategy.title}, {label}",
-                               target=target, notice=f"auto: published coefficients {label}" if preset == "auto" else "")
+                               target=target, extrapolate=extrapolate,
+                               notice=f"auto: published coefficients {label}" if preset == "auto" else "")
         notices = []
         if chosen is not None and (chosen.params.rel_l1_thresh, chosen.start_percent) != (thresh, start):
             notices.append(f"the preset recommends rel_l1_thresh {chosen.params.rel_l1_thresh}, start {chosen.start_percent}")
         if target is not None:
             notices.append(f"speed {speed}, best effort: this rel_l1_thresh is where the first run starts, each "
                            "finished run solves the next run's")
-        settings = f"rel_l1_thresh {thresh}" + (f", K {cap}" if cap else "") + window_text(start, end) \
-            + min_steps_text(min_steps)
+        settings = f"rel_l1_thresh {thresh}" + (f", K {cap}" if cap else "") + window_text(start, end)
+        if extrapolate != "off":
+            settings += ", skipped steps extrapolated"
+        settings += min_steps_text(min_steps)
         log.info("TeaCacheApply: %s (%s-level cache), %s, %s%s", strategy.title, strategy.level, label, settings,
                  "".join("; " + n for n in notices))
         patched = patch_model(model, strategy, config, reporter=Reporter(unique_id, "TeaCacheApply", settings),

@@ -323,3 +323,29 @@ def test_calibration_has_one_ratio_per_step_per_cond(arch):
     assert sorted(doc["mag_ratios"]) == ["cond", "uncond"]
     assert all(len(v) == 5 and v[0] == 1.0 for v in doc["mag_ratios"].values())
     assert any(r != 1.0 for v in doc["mag_ratios"].values() for r in v[1:])
+
+
+def test_first_blocks_and_extrapolation_run_on_every_block_architecture(arch):
+    """The shared first_blocks mechanism on each block layout (double/single blocks, token order, tuple streams,
+    blocks that return a tensor): the first block runs on every call, the others only where the step computes (K 1
+    on a flat curve: steps 1, 3 and 5 may skip, where the content lets them), and at content threshold 0
+    the output is the model's own. Extrapolated skipped steps run on it too."""
+    name, model = arch
+    s = detect(model)
+    if s.level != "blocks" or len(s.block_keys) < 2:
+        pytest.skip(f"{name}: {s.level}-level, {len(getattr(s, 'block_keys', []))} blocks")
+    tiny_zoo.sample(model, name, steps=STEPS)
+    ref = tiny_zoo.sample(model, name, steps=STEPS)
+    never = MagCacheApply().apply(model, "auto", 0.5, 0.0, 1, ratios=flat_ratios(), first_blocks=1,
+                                  first_blocks_threshold=0.0)[0]
+    assert torch.equal(tiny_zoo.sample(never, name, steps=STEPS), ref)
+    computes = BlockComputes(s.block_keys)
+    patched = MagCacheApply().apply(computes.attach(model), "auto", 0.5, 0.0, 1, ratios=flat_ratios(), first_blocks=1,
+                                    first_blocks_threshold=2.0, skipped_steps="extrapolate")[0]
+    out = tiny_zoo.sample(patched, name, steps=STEPS)
+    assert torch.isfinite(out).all()
+    first, rest = computes.count[0], computes.count[1:]
+    assert first % STEPS == 0 and set(rest) == {rest[0]}, computes.count
+    calls_per_step = first // STEPS
+    # steps 0, 2, 4 compute; 1, 3 and 5 skip, unless the content vetoes (random weights change a lot: Hunyuan3D)
+    assert 3 * calls_per_step <= rest[0] < first, computes.count

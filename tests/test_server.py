@@ -80,7 +80,10 @@ def test_object_info_lists_the_nodes(object_info):
     assert {"auto", "wan2.1_t2v_1.3B", "flux"} <= set(presets) and presets[0] == "auto"
     assert req["threshold"][0] == "FLOAT" and req["max_skip_steps"][0] == "INT"
     assert req["cache_device"][0] == ["main_device", "cpu"]
-    assert opt["ratios"][0] == "MAGCACHE_RATIOS" and apply["input_order"]["optional"] == ["ratios", "speed", "min_steps"]
+    assert opt["ratios"][0] == "MAGCACHE_RATIOS" and apply["input_order"]["optional"] == [
+        "ratios", "speed", "skipped_steps", "first_blocks", "first_blocks_threshold", "min_steps"]
+    assert opt["skipped_steps"][0] == ["reuse", "extrapolate"] and opt["skipped_steps"][1]["default"] == "reuse"
+    assert opt["first_blocks"][1]["default"] == 0 and "one extra residual per cond" in opt["skipped_steps"][1]["tooltip"]
     assert opt["speed"][0] == ["off", "1.5x", "2x", "2.5x", "3x"] and opt["speed"][1]["default"] == "off"
     assert object_info["MagCacheCalibrate"]["input_order"]["required"] == ["model", "calibration_name"]
     assert object_info["MagCacheRatios"]["output"] == ["MAGCACHE_RATIOS"]
@@ -89,7 +92,7 @@ def test_object_info_lists_the_nodes(object_info):
     tea = object_info["TeaCacheApply"]
     assert tea["input_order"]["required"] == ["model", "preset", "rel_l1_thresh", "start_percent", "end_percent",
                                               "cache_device"]
-    assert tea["input_order"]["optional"] == ["max_skip_steps", "speed", "min_steps"]
+    assert tea["input_order"]["optional"] == ["max_skip_steps", "speed", "skipped_steps", "min_steps"]
     assert {"auto", "flux", "wan2.1_t2v_1.3B", "hunyuan_video", "ltxv", "lumina_2"} <= set(tea["input"]["required"]["preset"][0])
 
 
