@@ -1071,7 +1071,6 @@ def few_step_report(measured: dict, out: Path, stem: str) -> str:
             f"({few.get('environment', {}).get('samples', '?')} samples per point){with_lora}. "
             f"CSV: `{stem}_fewstep.csv`.\n\n")
     verdict = few_step_verdict(few)
-    print(verdict_text(verdict))
     return (head + few_step_tables(few) + "\n\n" + verdict_text(verdict) + "\n"
             + FEW_NOTES.format(model=few["model"], lora=lora.get("file", "")))
 
