@@ -29,18 +29,18 @@ Per config: --warmup untimed runs, --reps timed runs, the median; peak memory ov
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import platform
 import re
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from comfy_setup import Capture, load  # noqa: E402
 SUMMARY_RE = re.compile(r"computed (\d+)/(\d+) steps (\[[0-9, ]*\])")
 
 FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
@@ -78,15 +78,6 @@ def parse_args():
     return p.parse_args()
 
 
-class Capture(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 def identity_patches(m, strategy):
     """A clone whose every block (the pack's strategy names them) returns its input unchanged."""
     m = m.clone()
@@ -109,24 +100,13 @@ def easycache_module():
 def main():
     a = parse_args()
     t_start = time.perf_counter()
-    sys.path.insert(0, str(Path(a.comfyui).resolve()))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    cuda, pack = load(a.comfyui)
     import torch
-    import comfy.cli_args
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        comfy.cli_args.args.cpu = True
     import comfy.model_management
     import comfy.model_patcher
     import comfy.sample
     import comfy.supported_models as sm
-    import folder_paths
-    folder_paths.set_user_directory(tempfile.mkdtemp(prefix="magcache-bench-user-"))
-    spec = importlib.util.spec_from_file_location("comfyui_magcache", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["comfyui_magcache"] = pack
-    spec.loader.exec_module(pack)
     nodes = pack.NODE_CLASS_MAPPINGS
     from comfyui_magcache.strategies import detect
     capture = Capture()

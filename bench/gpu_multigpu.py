@@ -23,18 +23,18 @@ unpatched on the same devices (bit-identical). Wall clock: --warmup untimed runs
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import platform
 import re
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from comfy_setup import Capture, load  # noqa: E402
 SUMMARY_RE = re.compile(r"computed (\d+)/(\d+) steps (\[[0-9, ]*\])")
 
 FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
@@ -70,38 +70,18 @@ def parse_args():
     return p.parse_args()
 
 
-class Capture(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 def main():
     a = parse_args()
-    sys.path.insert(0, str(Path(a.comfyui).resolve()))
     sys.path.insert(0, str(ROOT / "tests"))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    cuda, pack = load(a.comfyui)
     import torch
-    import comfy.cli_args
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        comfy.cli_args.args.cpu = True
     import comfy.model_management
     import comfy.model_patcher
     import comfy.multigpu
     import comfy.sample
     import comfy.supported_models as sm
-    import folder_paths
     from tiny_zoo import fitted
-    folder_paths.set_user_directory(tempfile.mkdtemp(prefix="magcache-bench-user-"))
-    spec = importlib.util.spec_from_file_location("comfyui_magcache", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["comfyui_magcache"] = pack
-    spec.loader.exec_module(pack)
     nodes = pack.NODE_CLASS_MAPPINGS
     capture = Capture()
     logging.getLogger("comfyui-magcache").addHandler(capture)

@@ -126,7 +126,11 @@ def setup_comfy(user_dir: str):
         pack = importlib.util.module_from_spec(spec)
         sys.modules["comfyui_magcache"] = pack
         spec.loader.exec_module(pack)
-    import comfy_extras.nodes_easycache as easycache
+    try:        # ComfyUI 0.33's module needs PyAV (comfy_api.latest): a machine without it measures the pack only
+        import comfy_extras.nodes_easycache as easycache
+    except ImportError as e:
+        print(f"ComfyUI's EasyCache / LazyCache cannot be imported here ({e}): only the pack's methods can run")
+        easycache = None
     import comfy.patcher_extension
     global WMP
     WMP = comfy.patcher_extension.WrappersMP
