@@ -10,6 +10,9 @@ overlap a computed step's GPU work).
 Configs:
   unpatched            plain ComfyUI
   identity             every block replaced by identity (the skip floor; its output is meaningless)
+  identity_sync        the same plus one host read per step (a float() of one element at block 0): the floor of
+                       a method that reads a value from the device on every step, as TeaCache and EasyCache do
+                       by design; their "ratio_to_sync_limit" is measured against it
   magcache             MagCacheApply (FLUX "flux" 0.24 / 0.1 / K 5; Wan "wan2.1_t2v_14B" 0.24 / 0.2 / K 6)
   magcache_offload     the same, cache_device "cpu" (residuals offloaded to pinned host memory)
   teacache             TeaCacheApply (FLUX "flux" 0.6; Wan "wan2.1_t2v_14B" 0.2)
@@ -54,7 +57,7 @@ TINY = {"flux": dict(FLUX_DEV, vec_in_dim=32, context_in_dim=48, hidden_size=64,
         "wan14b": dict(WAN_14B, dim=64, ffn_dim=128, freq_dim=32, text_dim=48, num_heads=2, num_layers=2)}
 SETTINGS = {"flux": dict(preset="flux", mag=(0.24, 0.1, 5), tea=0.6, cfg=1.0),
             "wan14b": dict(preset="wan2.1_t2v_14B", mag=(0.24, 0.2, 6), tea=0.2, cfg=5.0)}
-CONFIGS = ["unpatched", "identity", "magcache", "magcache_offload", "teacache", "thresh0", "calibrate", "easycache",
+CONFIGS = ["unpatched", "identity", "identity_sync", "magcache", "magcache_offload", "teacache", "thresh0", "calibrate", "easycache",
            "compiled_unpatched", "compiled_identity", "compiled_magcache"]
 
 
@@ -83,6 +86,19 @@ def identity_patches(m, strategy):
     m = m.clone()
     for key in strategy.block_keys:
         m.set_model_patch_replace(lambda args, extra, s=strategy, k=key: s.passthrough(k, args), "dit", key[0], key[1])
+    return m
+
+
+def identity_sync_patches(m, strategy):
+    """identity_patches plus one host read per model call, at the first block."""
+    m = m.clone()
+    first = strategy.block_keys[0]
+    for key in strategy.block_keys:
+        def patch(args, extra, s=strategy, k=key, read=key == first):
+            if read:
+                float(s.stream_in(k, args).flatten()[0])
+            return s.passthrough(k, args)
+        m.set_model_patch_replace(patch, "dit", key[0], key[1])
     return m
 
 
@@ -175,6 +191,8 @@ def main():
             return m
         if plain == "identity":
             return identity_patches(m, strategy)
+        if plain == "identity_sync":
+            return identity_sync_patches(m, strategy)
         if plain == "magcache":
             return nodes["MagCacheApply"]().apply(m, st["preset"], *st["mag"])[0]
         if plain == "magcache_offload":
@@ -190,7 +208,8 @@ def main():
             if ec is None:
                 ec_note = "ComfyUI's EasyCache could not be imported here (PyAV missing): not measured"
                 return None
-            return ec.EasyCacheNode.execute(m, 0.2, 0.15, 0.95, False)[0]
+            out = ec.EasyCacheNode.execute(m, 0.2, 0.15, 0.95, False)
+            return out.result[0] if hasattr(out, "result") else out[0]
         raise KeyError(name)
 
     def run(m):
@@ -274,11 +293,15 @@ def main():
         for name, r in results.items():
             if name.startswith("compiled_") != (prefix == "compiled_"):
                 continue
-            c = r["computed_steps"] if name != "identity" and not name.endswith("_identity") else 0
+            c = r["computed_steps"] if not name.removeprefix(prefix).startswith("identity") else 0
             limit = c * f + (a.steps - c) * s
             r["limit_s"] = limit
             r["ratio_to_limit"] = limit / r["wall_s_median"]
             r["speedup_vs_unpatched"] = full["wall_s_median"] / r["wall_s_median"]
+            sync = results.get(prefix + "identity_sync")
+            if sync is not None and name.removeprefix(prefix) in ("teacache", "easycache"):
+                r["sync_limit_s"] = c * f + (a.steps - c) * sync["wall_s_median"] / a.steps
+                r["ratio_to_sync_limit"] = r["sync_limit_s"] / r["wall_s_median"]
     ref = outs.get("unpatched")
     for name, r in results.items():
         if ref is not None and name in outs:
@@ -289,11 +312,13 @@ def main():
                skipped_for_budget=skipped, easycache_note=ec_note, total_s=time.perf_counter() - t_start)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(dict(env=env, results=results), indent=1))
-    print(f"\n{'config':<20} {'computed':>8} {'wall s':>8} {'ratio':>6} {'speedup':>7} {'peak GiB':>8} {'max|d|':>9}")
+    print(f"\n{'config':<20} {'computed':>8} {'wall s':>8} {'ratio':>6} {'speedup':>7} {'peak GiB':>8} {'max|d|':>9} "
+          f"{'sync ratio':>10}")
     for name, r in results.items():
         print(f"{name:<20} {r['computed_steps']:>5}/{a.steps:<2} {r['wall_s_median']:>8.3f} "
               f"{r.get('ratio_to_limit', float('nan')):>6.3f} {r.get('speedup_vs_unpatched', float('nan')):>6.2f}x "
-              f"{r.get('peak_gib', float('nan')):>8.2f} {r.get('max_abs_diff_vs_unpatched', float('nan')):>9.3g}")
+              f"{r.get('peak_gib', float('nan')):>8.2f} {r.get('max_abs_diff_vs_unpatched', float('nan')):>9.3g} "
+              f"{r.get('ratio_to_sync_limit', float('nan')):>10.3f}")
 
 
 def _version(root):
