@@ -35,7 +35,7 @@ REFERENCE_CALIBRATION = ROOT / "demo" / "models" / "magcache_shapes_wan.calibrat
 
 
 # MagCacheApply's optional widgets after speed, at their defaults: skipped_steps, first_blocks, first_blocks_threshold.
-MAG_VARIANTS = ["reuse", 0, 0.2]
+MAG_VARIANTS = ["extrapolate", 0, 0.2]
 
 
 def pack():
@@ -423,7 +423,7 @@ def ltxv() -> Template:
             "speed, lower it for fidelity. LTX-Video needs long, descriptive prompts. " + bypass_hint("TeaCache Apply"))
     nodes = [
         N(1, "CheckpointLoaderSimple", ["ltx-video-2b-v0.9.safetensors"], (0, 0)),
-        N(2, "TeaCacheApply", [p, tea.params.rel_l1_thresh, tea.start_percent, 1.0, "main_device", 0, "off", "reuse", min_steps()], (380, 0),
+        N(2, "TeaCacheApply", [p, tea.params.rel_l1_thresh, tea.start_percent, 1.0, "main_device", 0, "off", "extrapolate", min_steps()], (380, 0),
           {"model": (1, 0)}, color=CACHE_COLOR),
         N(3, "CLIPLoader", ["t5xxl_fp16.safetensors", "ltxv", "default"], (0, 200)),
         N(4, "CLIPTextEncode", ["A red fox trots through deep fresh snow in a quiet birch forest at sunrise. Its breath "

@@ -27,6 +27,9 @@ HIDDEN = {"unique_id": "UNIQUE_ID"}              # the node's id: run reports ar
 # skipped_steps: "reuse" is the authors' rule (the last residual as it is); "extrapolate" predicts it to first order
 # from the last two computed ones, in the form bench/variant_forms.py measured best (RunConfig.extrapolate).
 SKIPPED_CHOICES = ("reuse", "extrapolate")
+# The default: extrapolation was above reuse at every computed-steps speedup from 1.5x to 3x at 20, 30 and 50 steps
+# on the reference model, for MagCache and for TeaCache (docs/benchmarks/quality_shapes.md, 2026-11-25).
+SKIPPED_DEFAULT = "extrapolate"
 EXTRAPOLATE_FORM = "step"
 FIRST_BLOCKS_MAX = 8
 FIRST_BLOCKS_THRESHOLD_MAX = 2.0
@@ -47,10 +50,10 @@ def extrapolate_form(skipped_steps, input_name: str = "skipped_steps", tea: bool
 
 
 SKIPPED_TOOLTIP = (
-    "What a skipped step adds to the blocks' input. 'reuse' (the MagCache authors' rule): the residual of the last "
-    "computed step, as it is. 'extrapolate': predicted to first order from the last two computed residuals (by their "
-    "distance in steps), TaylorSeer-style; keeps one extra residual per cond (more memory: one more image-stream-sized "
-    "tensor per cond, on cache_device); the schedule is the same.")
+    "What a skipped step adds to the blocks' input. 'extrapolate' (default): predicted to first order from the "
+    "last two computed residuals (by their distance in steps), TaylorSeer-style; keeps one extra residual per cond "
+    "(more memory: one more image-stream-sized tensor per cond, on cache_device). 'reuse' (the authors' rule): the residual of the last computed step, as "
+    "it is. The schedule is the same either way.")
 FIRST_BLOCKS_TOOLTIP = (
     "0 = off (the authors' rule). N > 0: the first N transformer blocks run on every step, and the others are skipped "
     "only where the curve allows it (threshold, retention, K) AND the first blocks' residual has changed little since "
@@ -141,7 +144,7 @@ class MagCacheApply:
             "optional": {
                 "ratios": ("MAGCACHE_RATIOS", {"tooltip": "Your own ratio curve (from a 'MagCache Ratios' node); overrides the preset."}),
                 "speed": (list(SPEED_CHOICES), {"default": "off", "tooltip": SPEED_TOOLTIP}),
-                "skipped_steps": (list(SKIPPED_CHOICES), {"default": "reuse", "tooltip": SKIPPED_TOOLTIP}),
+                "skipped_steps": (list(SKIPPED_CHOICES), {"default": SKIPPED_DEFAULT, "tooltip": SKIPPED_TOOLTIP}),
                 "first_blocks": ("INT", {"default": 0, "min": 0, "max": FIRST_BLOCKS_MAX, "tooltip": FIRST_BLOCKS_TOOLTIP}),
                 "first_blocks_threshold": ("FLOAT", {"default": 0.2, "min": 0.0, "max": FIRST_BLOCKS_THRESHOLD_MAX,
                                                      "step": 0.01, "tooltip": FIRST_BLOCKS_THRESHOLD_TOOLTIP}),
@@ -151,7 +154,7 @@ class MagCacheApply:
         }
 
     def apply(self, model, preset, threshold, retention_ratio, max_skip_steps, start_percent=0.0,
-              end_percent=1.0, cache_device="main_device", ratios=None, speed="off", skipped_steps="reuse",
+              end_percent=1.0, cache_device="main_device", ratios=None, speed="off", skipped_steps=SKIPPED_DEFAULT,
               first_blocks=0, first_blocks_threshold=0.2, unique_id=None,
               min_steps=MIN_STEPS):
         params = MagCacheParams(number("threshold", threshold, 0.0, THRESHOLD_MAX),

@@ -8,8 +8,8 @@ from ..magcache_core.target import SPEED_CHOICES, parse_speed
 from ..magcache_core.teacache import REL_L1_THRESH_MAX
 from ..strategies import METHOD_TEACACHE, all_presets, detect, unknown_preset
 from .inputs import number, offload_device, window, window_and_cache_inputs, window_text
-from .magcache_nodes import (CALIBRATION_PREFIX, HIDDEN, MAX_SKIPS_MAX, SKIPPED_CHOICES, SKIPPED_TOOLTIP, calibration_store,
-                             extrapolate_form, load_calibration, min_steps_text)
+from .magcache_nodes import (CALIBRATION_PREFIX, HIDDEN, MAX_SKIPS_MAX, SKIPPED_CHOICES, SKIPPED_DEFAULT, SKIPPED_TOOLTIP,
+                             calibration_store, extrapolate_form, load_calibration, min_steps_text)
 from .schedule import MIN_STEPS, MIN_STEPS_MAX, MIN_STEPS_TOOLTIP
 from .auto import AutoRun
 from .patching import patch_model
@@ -83,14 +83,14 @@ class TeaCacheApply:
                 "max_skip_steps": ("INT", {"default": 0, "min": 0, "max": MAX_SKIPS_MAX, "tooltip":
                                    f"At most this many steps in a row are skipped; 0 = no limit (as published). At most {MAX_SKIPS_MAX}."}),
                 "speed": (list(SPEED_CHOICES), {"default": "off", "tooltip": SPEED_TOOLTIP}),
-                "skipped_steps": (list(SKIPPED_CHOICES), {"default": "reuse", "tooltip": SKIPPED_TOOLTIP}),
+                "skipped_steps": (list(SKIPPED_CHOICES), {"default": SKIPPED_DEFAULT, "tooltip": SKIPPED_TOOLTIP}),
                 "min_steps": ("INT", {"default": MIN_STEPS, "min": 0, "max": MIN_STEPS_MAX, "tooltip": MIN_STEPS_TOOLTIP}),
             },
             "hidden": HIDDEN,
         }
 
     def apply(self, model, preset, rel_l1_thresh, start_percent=0.0, end_percent=1.0,
-              cache_device="main_device", max_skip_steps=0, speed="off", skipped_steps="reuse", unique_id=None,
+              cache_device="main_device", max_skip_steps=0, speed="off", skipped_steps=SKIPPED_DEFAULT, unique_id=None,
               min_steps=MIN_STEPS):
         thresh = number("rel_l1_thresh", rel_l1_thresh, 0.0, REL_L1_THRESH_MAX)
         start, end = window(start_percent, end_percent)

@@ -94,7 +94,9 @@ def flat_ratios():
 
 
 def forced(model):
-    return MagCacheApply().apply(model, "auto", 0.5, 0.0, 2, ratios=flat_ratios())[0]
+    """Skips on a fixed schedule, each skipped step adding its cond's last residual as it is ("reuse": the
+    residual path the oracle below follows; extrapolation has its own tests in test_variants.py)."""
+    return MagCacheApply().apply(model, "auto", 0.5, 0.0, 2, ratios=flat_ratios(), skipped_steps="reuse")[0]
 
 
 def transformer_options(args, kwargs):

@@ -122,7 +122,8 @@ def test_skipped_step_is_final_layer_of_input_plus_stored_residual(make):
     try:
         with BlockSteps(model) as blocks:
             # cond and uncond differ, so per-cond residuals matter; skip steps 1, 2 and 4, 5 (flat curve, K 2).
-            sample(apply(model, threshold=0.5, retention=0.0, k=2, ratios=custom([1.0] * 6)), steps=6, cfg=3.0)
+            sample(apply(model, threshold=0.5, retention=0.0, k=2, ratios=custom([1.0] * 6), skipped_steps="reuse"),
+                   steps=6, cfg=3.0)
     finally:
         h1.remove(), h2.remove()
     assert blocks.steps == [0, 3]

@@ -125,3 +125,18 @@ def test_the_benchmark_checks_the_default_against_its_measurements():
     assert v["recommended_min_steps"] == 5 and v["nodes_agree"]
     assert not quality.few_step_verdict(few, min_steps=10)["nodes_agree"]
     assert "cannot gain without visible loss" in quality.verdict_text(v)
+
+
+def test_the_nodes_minimum_agrees_with_the_committed_few_step_measurements():
+    """docs/benchmarks/quality_shapes.json holds the few-step part measured on the distilled student
+    (demo/models/magcache_shapes_wan_fewstep.safetensors): the nodes' MIN_STEPS is what it calls for, and the
+    verdict counts the pack's extrapolated variants (the nodes' default) as the pack's own."""
+    import quality
+
+    few = json.loads((quality.ROOT / "docs" / "benchmarks" / "quality_shapes.json").read_text())["few_step"]
+    assert few["model"] == "magcache_shapes_wan_fewstep.safetensors" and few["steps"] == [4, 6, 8]
+    v = quality.few_step_verdict(few, min_steps=MIN_STEPS)
+    assert v["nodes_agree"] and v["recommended_min_steps"] == MIN_STEPS, v
+    assert "extrapolated" in v["per_steps"][6]["method"]
+    only_reuse = dict(few, points=[p for p in few["points"] if "extrapolated" not in p["method"]])
+    assert not quality.few_step_verdict(only_reuse, min_steps=MIN_STEPS)["per_steps"][6]["gains_without_visible_loss"]

@@ -55,9 +55,9 @@ def preset(model):
     return "flux" if hasattr(model.model.diffusion_model, "double_blocks") else "wan2.1_t2v_1.3B"
 
 
-def magcache(model, threshold, retention=0.0, k=3, ratios=None):
+def magcache(model, threshold, retention=0.0, k=3, ratios=None, **kw):
     ratios = MagCacheRatios().parse(json.dumps(ratios))[0] if ratios is not None else None
-    return MagCacheApply().apply(model, preset(model), threshold, retention, k, ratios=ratios)[0]
+    return MagCacheApply().apply(model, preset(model), threshold, retention, k, ratios=ratios, **kw)[0]
 
 
 def teacache(model, thresh):
@@ -257,7 +257,9 @@ def test_threaded_skipped_step_uses_the_residual_its_own_device_computed(make):
     together = Together()
     try:
         with FirstBlock(model) as blocks:
-            sample(together.attach(magcache(model, 0.5, k=2, ratios=[1.0] * 6)), steps=6, cfg=3.0)
+            # "reuse": the residual as it was computed (extrapolation has its own tests in test_variants.py)
+            sample(together.attach(magcache(model, 0.5, k=2, ratios=[1.0] * 6, skipped_steps="reuse")), steps=6,
+                   cfg=3.0)
     finally:
         for h in handles:
             h.remove()

@@ -81,7 +81,8 @@ def test_magcache_at_a_mild_threshold_stays_above_the_measured_psnr(model):
     floor = min(point["per_sample_psnr"])
     calibrating = MagCacheCalibrate().calibrate(model, f"test shapes {steps}")[0]
     reference.sample(calibrating, quality.CALIBRATION_PROMPT, quality.CALIBRATION_SEED, steps, quality.CFG)
-    patched = MagCacheApply().apply(model, f"calibration: test shapes {steps}", threshold, 0.1, 2)[0]
+    patched = MagCacheApply().apply(model, f"calibration: test shapes {steps}", threshold, 0.1, 2,
+                                    skipped_steps="reuse")[0]       # as the benchmark's "MagCache" rows
     prompts = reference.prompts(8)[:4]                  # the benchmark's first samples (seed 0)
     for i, text in enumerate(prompts):
         ref = reference.decode(reference.sample(model, text, 0, steps, quality.CFG))

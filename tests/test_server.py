@@ -82,7 +82,7 @@ def test_object_info_lists_the_nodes(object_info):
     assert req["cache_device"][0] == ["main_device", "cpu"]
     assert opt["ratios"][0] == "MAGCACHE_RATIOS" and apply["input_order"]["optional"] == [
         "ratios", "speed", "skipped_steps", "first_blocks", "first_blocks_threshold", "min_steps"]
-    assert opt["skipped_steps"][0] == ["reuse", "extrapolate"] and opt["skipped_steps"][1]["default"] == "reuse"
+    assert opt["skipped_steps"][0] == ["reuse", "extrapolate"] and opt["skipped_steps"][1]["default"] == "extrapolate"
     assert opt["first_blocks"][1]["default"] == 0 and "one extra residual per cond" in opt["skipped_steps"][1]["tooltip"]
     assert opt["speed"][0] == ["off", "1.5x", "2x", "2.5x", "3x"] and opt["speed"][1]["default"] == "off"
     assert object_info["MagCacheCalibrate"]["input_order"]["required"] == ["model", "calibration_name"]
@@ -185,7 +185,8 @@ def test_two_samplers_share_one_patched_model(server, object_info, demo, runs):
         assert [i for i, c in enumerate(run["strip"]) if c == "C"] == line["steps"] and run["skipped"] == line["skipped"]
         assert run["title"] == "MagCache" and run["seconds"] > 0 and run["speedup"] == round(20 / line["computed"], 3)
     (ui,) = [m["data"]["output"]["magcache"][0] for m in heard if m["type"] == "executed" and m["data"]["node"] == apply_id]
-    assert ui["settings"] == "threshold 0.24, retention 0.2, K 4" and ui["label"] == reports[0]["run"]["label"]
+    assert ui["settings"] == "threshold 0.24, retention 0.2, K 4, skipped steps extrapolated"
+    assert ui["label"] == reports[0]["run"]["label"]
     a, b = server.load_latent(both.output(save)), server.load_latent(both.output("101"))
     alone_a, alone_b = runs("cached")[1], runs("cached_b")[1]
     assert not torch.equal(alone_a, alone_b)

@@ -103,11 +103,11 @@ def test_apply_nodes_return_their_settings_as_ui_and_still_index_like_a_tuple():
     assert out[0] is out["result"][0] and type(out[0]).__name__ == "ModelPatcher"
     (ui,) = out["ui"]["magcache"]
     assert ui == {"method": "magcache", "title": "MagCache", "label": "FLUX.1, flux", "settings":
-                  "threshold 0.3, retention 0.2, K 4", "notices": ["the preset recommends threshold 0.24, retention 0.1, K 5"]}
+                  "threshold 0.3, retention 0.2, K 4, skipped steps extrapolated", "notices": ["the preset recommends threshold 0.24, retention 0.1, K 5"]}
     reporter = out[0].get_wrappers("outer_sample", "comfyui-magcache")[0].args[3]
     assert (reporter.node_id, reporter.node_type) == ("12", "MagCacheApply")
     tea = TeaCacheApply().apply(model, "flux", 0.4, 0.0, 0.9, "main_device", 3, unique_id="13")
-    assert tea["ui"]["magcache"][0]["settings"] == "rel_l1_thresh 0.4, K 3, window 0-0.9"
+    assert tea["ui"]["magcache"][0]["settings"] == "rel_l1_thresh 0.4, K 3, window 0-0.9, skipped steps extrapolated"
     assert tea["ui"]["magcache"][0]["title"] == "TeaCache" and tea["ui"]["magcache"][0]["notices"] == []
 
 

@@ -266,7 +266,7 @@ def test_comfy_first_blocks_skip_is_fresh_first_blocks_plus_cached_rest(wan):
     h2 = dm.head.register_forward_pre_hook(lambda m, a: outs.append(a[0].detach().clone()))
     try:
         with EveryBlock(wan) as seen:
-            sample(fb_apply(wan, 2.0), steps=10, cfg=1.0)
+            sample(fb_apply(wan, 2.0, skipped_steps="reuse"), steps=10, cfg=1.0)
     finally:
         h1.remove(), h2.remove()
     assert seen.steps(1) == [0, 4, 8] and len(mids) == len(outs) == 10
@@ -341,7 +341,7 @@ def test_comfy_first_blocks_on_a_whole_model_names_the_input():
 
 def test_comfy_teacache_extrapolates_too(flux):
     ref = sample(flux, steps=10)
-    plain = sample(TeaCacheApply().apply(flux, "flux", 0.6)[0], steps=10)
+    plain = sample(TeaCacheApply().apply(flux, "flux", 0.6, skipped_steps="reuse")[0], steps=10)
     extrapolated = sample(TeaCacheApply().apply(flux, "flux", 0.6, skipped_steps="extrapolate")[0], steps=10)
     assert not torch.equal(plain, extrapolated) and not torch.equal(plain, ref)
     with pytest.raises(MagCacheInputError, match=r"^skipped_steps:"):
@@ -376,7 +376,8 @@ def test_comfy_cpu_offload_gives_the_same_result(wan, kw):
     ratios = custom([1.0] * 10)
     a = sample(apply(wan, threshold=0.5, retention=0.0, k=3, ratios=ratios, **kw), steps=10, cfg=3.0)
     b = sample(apply(wan, threshold=0.5, retention=0.0, k=3, ratios=ratios, cache_device="cpu", **kw), steps=10, cfg=3.0)
-    plain = sample(apply(wan, threshold=0.5, retention=0.0, k=3, ratios=ratios), steps=10, cfg=3.0)
+    plain = sample(apply(wan, threshold=0.5, retention=0.0, k=3, ratios=ratios, skipped_steps="reuse"), steps=10,
+                   cfg=3.0)
     assert torch.equal(a, b) and not torch.equal(a, plain)
 
 

@@ -29,7 +29,8 @@ def test_causal_wan_ar_sampler_computes_every_call_and_says_so(caplog):
     model = tiny_zoo.build("wan21_causal")
     ref = ar_sample(model)
     flat = MagCacheRatios().parse("[1.0, 1.0, 1.0, 1.0]")[0]
-    forced = MagCacheApply().apply(model, "auto", 0.5, 0.0, 2, ratios=flat)[0]     # would skip steps 1, 2
+    # would skip steps 1, 2 (min_steps 0: a 4-step run is cached, not left uncached as a few-step schedule)
+    forced = MagCacheApply().apply(model, "auto", 0.5, 0.0, 2, ratios=flat, min_steps=0)[0]
     with caplog.at_level(logging.INFO, logger="comfyui-magcache"):
         out = ar_sample(forced)
     assert torch.equal(out, ref)
