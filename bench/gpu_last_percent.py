@@ -13,7 +13,11 @@ Configs:
   identity_sync        the same plus one host read per step (a float() of one element at block 0): the floor of
                        a method that reads a value from the device on every step, as TeaCache and EasyCache do
                        by design; their "ratio_to_sync_limit" is measured against it
+
+--sync-debug: one more run per config under torch.cuda's sync debug mode, which reports every synchronizing
+CUDA call; the result's "syncs" counts them and names where they come from.
   magcache             MagCacheApply (FLUX "flux" 0.24 / 0.1 / K 5; Wan "wan2.1_t2v_14B" 0.24 / 0.2 / K 6)
+  magcache_reuse       the same with skipped_steps "reuse" (the node's default is "extrapolate")
   magcache_offload     the same, cache_device "cpu" (residuals offloaded to pinned host memory)
   teacache             TeaCacheApply (FLUX "flux" 0.6; Wan "wan2.1_t2v_14B" 0.2)
   thresh0              MagCacheApply at threshold 0 (never skips: the cost of the patches; bit-identical)
@@ -57,8 +61,8 @@ TINY = {"flux": dict(FLUX_DEV, vec_in_dim=32, context_in_dim=48, hidden_size=64,
         "wan14b": dict(WAN_14B, dim=64, ffn_dim=128, freq_dim=32, text_dim=48, num_heads=2, num_layers=2)}
 SETTINGS = {"flux": dict(preset="flux", mag=(0.24, 0.1, 5), tea=0.6, cfg=1.0),
             "wan14b": dict(preset="wan2.1_t2v_14B", mag=(0.24, 0.2, 6), tea=0.2, cfg=5.0)}
-CONFIGS = ["unpatched", "identity", "identity_sync", "magcache", "magcache_offload", "teacache", "thresh0", "calibrate", "easycache",
-           "compiled_unpatched", "compiled_identity", "compiled_magcache"]
+CONFIGS = ["unpatched", "identity", "identity_sync", "magcache", "magcache_reuse", "magcache_offload", "teacache",
+           "thresh0", "calibrate", "easycache", "compiled_unpatched", "compiled_identity", "compiled_magcache"]
 
 
 def parse_args():
@@ -78,6 +82,8 @@ def parse_args():
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--budget-s", type=float, default=1e9, help="skip the remaining configs after this many seconds")
     p.add_argument("--tiny", action="store_true")
+    p.add_argument("--sync-debug", action="store_true", help="one more run per config under torch.cuda's sync debug "
+                   "mode: where host syncs happen (the innermost frames of each, counted)")
     return p.parse_args()
 
 
@@ -100,6 +106,40 @@ def identity_sync_patches(m, strategy):
             return s.passthrough(k, args)
         m.set_model_patch_replace(patch, "dit", key[0], key[1])
     return m
+
+
+def sync_sites(fn, depth: int = 6) -> dict:
+    """Runs ``fn`` under torch.cuda's sync debug mode ("warn"); returns {"count", "sites": [[count, frames], ...]}
+    with the innermost Python frames (file:line function) of each synchronizing CUDA call, most frequent first."""
+    import collections
+    import traceback
+    import warnings
+    import torch
+    sites = collections.Counter()
+    seen = [0]
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return
+        seen[0] += 1
+        frames = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_stack()[:-1]
+                  if "warnings" not in f.filename][-depth:]
+        sites[" <- ".join(reversed(frames))] += 1
+
+    old = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = show
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                fn()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+    finally:
+        warnings.showwarning = old
+    return {"count": seen[0], "sites": [[n, k] for k, n in sites.most_common(12)]}
 
 
 def easycache_module():
@@ -195,6 +235,8 @@ def main():
             return identity_sync_patches(m, strategy)
         if plain == "magcache":
             return nodes["MagCacheApply"]().apply(m, st["preset"], *st["mag"])[0]
+        if plain == "magcache_reuse":
+            return nodes["MagCacheApply"]().apply(m, st["preset"], *st["mag"], skipped_steps="reuse")[0]
         if plain == "magcache_offload":
             return nodes["MagCacheApply"]().apply(m, st["preset"], *st["mag"], cache_device="cpu")[0]
         if plain == "thresh0":
@@ -266,6 +308,8 @@ def main():
         for _ in range(a.reps):
             o, wall, calls, summary = run(m)
             walls.append(wall)
+        if a.sync_debug and cuda:
+            r_syncs = sync_sites(lambda: run(m))
         if name.startswith("compiled_"):
             dyn = dict(graph_breaks=sum(counters["graph_break"].values()),
                        graph_break_reasons=[k.split("\n")[0][:200] for k in counters["graph_break"]],
@@ -280,6 +324,8 @@ def main():
             r["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         if dyn is not None:
             r["dynamo"] = dyn
+        if a.sync_debug and cuda:
+            r["syncs"] = r_syncs
         results[name], outs[name] = r, o
         print(name, json.dumps({k: v for k, v in r.items() if k != "wall_s"}), flush=True)
         del m
