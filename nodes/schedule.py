@@ -88,11 +88,11 @@ def unusable(sigmas: torch.Tensor, sampler, calibrating: bool) -> str | None:
 # caching cannot gain without visible loss, so the nodes compute every step unless told otherwise (min_steps 0).
 # "Gain" is the smallest speed the nodes offer (speed 1.5x); "visible loss" is a pooled PSNR to the uncached image
 # below 30 dB (the level of the reference model's MagCache at 1.5x, 20 steps: 30.5 dB). bench/quality.py measures
-# it and checks this constant (few_step_verdict). So far measured on a stand-in for the few-step model: the
-# 6-iteration --quick student of demo/distill_few_step.py, in effect the reference model sampled at CFG 1, 8 samples
-# (docs/benchmarks/quality_fewstep_standin.json; the trained student is still to be measured). At 4 steps no
-# calibrated MagCache / TeaCache setting reaches 1.5x above 23.3 dB (skipping 1 of 4 steps, 1.33x, keeps 37.3 dB,
-# below the gain); at 6 steps 1.5x keeps 34.8 dB, at 8 steps 1.6x keeps 34.5 dB.
+# it and checks this constant (few_step_verdict; tests/test_few_step.py holds it to the committed measurements).
+# Measured on the guidance-distilled student of the reference model (demo/models/magcache_shapes_wan_fewstep,
+# 32 samples, CFG 1, docs/benchmarks/quality_shapes.json "few_step"): at 4 steps no calibrated MagCache / TeaCache
+# setting reaches 1.5x above 18.4 dB; at 6 steps 1.5x keeps 30.1 dB (extrapolated skipped steps, the default;
+# reused: 26.5); at 8 steps 1.6x keeps 31.7 dB.
 MIN_STEPS = 5
 MIN_STEPS_MAX = 100
 MIN_STEPS_TOOLTIP = (
