@@ -173,6 +173,24 @@ def test_residual_store_batches_and_rejects_other_shapes():
     assert off.get_batch(["a"], torch.zeros(1, 2)).eq(1).all()
 
 
+def test_offloading_store_reserves_the_host_buffer_when_it_stores_a_kept_residual():
+    """A residual the next step uses stays on its device (keep), but its host buffer is allocated as it is stored:
+    the host stores at the end of a computed step, while a GPU still runs that step's blocks, so the slow pinned
+    allocation overlaps them instead of stalling the later step that offloads it. The buffer is then reused."""
+    off = ResidualStore(torch.device("cpu"))
+    r = torch.randn(2, 3, 4)
+    off.put_batch([0, 1], r, keep=True)
+    assert off.device_bytes() == r.numel() * r.element_size()          # still on the device, no copy made
+    hosts = [off._res[e].host for e in (0, 1)]
+    assert all(h is not None for h in hosts)                           # but its host buffer exists
+    assert off.host_bytes() == r.numel() * r.element_size()
+    off.offload([0, 1])
+    assert off.device_bytes() == 0 and [off._res[e].host for e in (0, 1)] == hosts     # the same buffers
+    assert torch.equal(off.get_batch([0, 1], torch.zeros(2, 3, 4)), r)
+    off.put_batch([0, 1], 2 * r)                                       # the next computed step: offloaded at once
+    assert [off._res[e].host for e in (0, 1)] == hosts and off.host_bytes() == r.numel() * r.element_size()
+
+
 @pytest.mark.parametrize("name", ["../evil", "a/b", "a\\b", "", " ", ".hidden", "..", "a..b", "x" * 65, "/etc/passwd",
                                   "name.", "C:evil", "a\x00b", 5])
 def test_bad_calibration_names(name, tmp_path):
