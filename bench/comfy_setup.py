@@ -1,15 +1,29 @@
 """What the GPU and cost benches share: real ComfyUI from a given tree on sys.path (CPU mode where there is no
 CUDA), calibrations in a temp folder, the pack loaded as ComfyUI loads a custom node package, and a handler
-that keeps the pack's log lines (its per-run summary says which steps were computed)."""
+that keeps the pack's log lines (its per-run summary says which steps were computed); the FLUX.1-dev and Wan 2.1
+14B model configs (and their tiny forms for CPU smoke tests)."""
 from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The pack's per-run summary line: "computed C/N steps [..]".
+SUMMARY_RE = re.compile(r"computed (\d+)/(\d+) steps (\[[0-9, ]*\])")
+
+FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
+                hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38,
+                axes_dim=[16, 56, 56], theta=10000, qkv_bias=True, guidance_embed=True, patch_size=2)
+WAN_14B = dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=5120,
+               ffn_dim=13824, freq_dim=256, text_dim=4096, out_dim=16, num_heads=40, num_layers=40,
+               window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6)
+TINY = {"flux": dict(FLUX_DEV, vec_in_dim=32, context_in_dim=48, hidden_size=64, mlp_ratio=2.0, num_heads=2,
+                     depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12]),
+        "wan14b": dict(WAN_14B, dim=64, ffn_dim=128, freq_dim=32, text_dim=48, num_heads=2, num_layers=2)}
 
 
 class Capture(logging.Handler):

@@ -39,7 +39,6 @@ import argparse
 import json
 import logging
 import platform
-import re
 import statistics
 import sys
 import time
@@ -47,18 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from comfy_setup import Capture, load  # noqa: E402
-SUMMARY_RE = re.compile(r"computed (\d+)/(\d+) steps (\[[0-9, ]*\])")
-
-FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
-                hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38,
-                axes_dim=[16, 56, 56], theta=10000, qkv_bias=True, guidance_embed=True, patch_size=2)
-WAN_14B = dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=5120,
-               ffn_dim=13824, freq_dim=256, text_dim=4096, out_dim=16, num_heads=40, num_layers=40,
-               window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6)
-TINY = {"flux": dict(FLUX_DEV, vec_in_dim=32, context_in_dim=48, hidden_size=64, mlp_ratio=2.0, num_heads=2,
-                     depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12]),
-        "wan14b": dict(WAN_14B, dim=64, ffn_dim=128, freq_dim=32, text_dim=48, num_heads=2, num_layers=2)}
+from comfy_setup import FLUX_DEV, SUMMARY_RE, TINY, WAN_14B, Capture, load  # noqa: E402
 SETTINGS = {"flux": dict(preset="flux", mag=(0.24, 0.1, 5), tea=0.6, cfg=1.0),
             "wan14b": dict(preset="wan2.1_t2v_14B", mag=(0.24, 0.2, 6), tea=0.2, cfg=5.0)}
 CONFIGS = ["unpatched", "identity", "identity_sync", "magcache", "magcache_reuse", "magcache_offload", "teacache",
