@@ -14,6 +14,8 @@ Configs:
                        a method that reads a value from the device on every step, as TeaCache and EasyCache do
                        by design; their "ratio_to_sync_limit" is measured against it
 
+--interleave: the timed runs go round-robin over the configs instead of config after config (the runs of one
+config spread by 1-4 % on the H100, and a drift between configs moves every ratio).
 --sync-debug: one more run per config under torch.cuda's sync debug mode, which reports every synchronizing
 CUDA call; the result's "syncs" counts them and names where they come from.
   magcache             MagCacheApply (FLUX "flux" 0.24 / 0.1 / K 5; Wan "wan2.1_t2v_14B" 0.24 / 0.2 / K 6)
@@ -70,6 +72,8 @@ def parse_args():
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--budget-s", type=float, default=1e9, help="skip the remaining configs after this many seconds")
     p.add_argument("--tiny", action="store_true")
+    p.add_argument("--interleave", action="store_true", help="eager configs only: build all, warm each up, then time "
+                   "them round-robin (--reps rounds), so that a drift of clocks or load reaches every config alike")
     p.add_argument("--sync-debug", action="store_true", help="one more run per config under torch.cuda's sync debug "
                    "mode: where host syncs happen (the innermost frames of each, counted)")
     return p.parse_args()
@@ -269,6 +273,41 @@ def main():
     if a.warmup == 0:                       # one short run first, so the first config does not pay the start-up
         comfy.sample.sample(base, noise, 1, st["cfg"], "euler", "simple", positive, negative, latent,
                             disable_pbar=True, seed=a.seed + 2)
+    if a.interleave:
+        if any(n.startswith("compiled_") for n in configs):
+            sys.exit("--interleave takes eager configs only (a compiled one warms up for a minute or more)")
+        count_block0(True)
+        models = {}
+        for name in configs:
+            m = make(name)
+            if m is None:
+                skipped.append(name)
+                continue
+            tc = time.perf_counter()
+            for _ in range(max(a.warmup, 1)):
+                run(m)
+            models[name] = (m, time.perf_counter() - tc)
+        walls, last, peaks = {n: [] for n in models}, {}, {n: 0.0 for n in models}
+        for _ in range(a.reps):                   # round-robin: a drift of the machine reaches every config alike
+            for name, (m, _) in models.items():
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                o, wall, calls, summary = run(m)
+                walls[name].append(wall)
+                last[name] = (o, calls, summary)
+                if cuda:
+                    peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated() / 2**30)
+        for name, (m, warm_s) in models.items():
+            o, calls, summary = last[name]
+            r = dict(wall_s_median=statistics.median(walls[name]), wall_s=walls[name],
+                     computed_steps=calls // calls_per_step, pack_summary=summary, warmup_s=warm_s,
+                     out_finite=bool(torch.isfinite(o).all()), interleaved=True)
+            if cuda:
+                r["peak_gib"] = peaks[name]
+            results[name], outs[name] = r, o
+            print(name, json.dumps({k: v for k, v in r.items() if k != "wall_s"}), flush=True)
+        configs, models = [], None
     for name in configs:
         if time.perf_counter() - t_start > a.budget_s:
             skipped.append(name)
