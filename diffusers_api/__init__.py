@@ -26,7 +26,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, RunConfig, TeaCacheParams
+from ..magcache_core import (SKIPPED_DEFAULT, MagCacheInputError, MagCacheParams, RatioCurves, RunConfig, TeaCacheParams,
+                             extrapolate_form)
 from ..magcache_core.decision import MAX_SKIPS_MAX, THRESHOLD_MAX
 from ..magcache_core.errors import number
 from ..magcache_core.storage import CalibrationStore, check_name, curves_of, made_on
@@ -43,7 +44,8 @@ __all__ = ["SUPPORTED", "apply_magcache", "apply_teacache", "calibrate", "MagCac
 
 def apply_magcache(transformer, preset: str | None = None, *, scheduler, ratios=None, calibration=None,
                    threshold: float | None = None, retention_ratio: float | None = None,
-                   max_skip_steps: int | None = None, batched_cfg: bool = False, cache_device=None):
+                   max_skip_steps: int | None = None, batched_cfg: bool = False, cache_device=None,
+                   skipped_steps: str = SKIPPED_DEFAULT):
     """MagCache on ``transformer`` until the returned handle's ``remove()`` (or the end of its ``with`` block).
 
     The curve: ``preset`` (a name from ``strategies/``, e.g. "flux", "wan2.1_t2v_1.3B", "qwen_image"), or
@@ -51,8 +53,11 @@ def apply_magcache(transformer, preset: str | None = None, *, scheduler, ratios=
     of a calibration file, made by ``calibrate`` or ComfyUI's MagCacheCalibrate). ``threshold``,
     ``retention_ratio``, ``max_skip_steps`` default to the preset's recommended settings (else 0.24 / 0.2 / 4).
     ``scheduler``: the pipeline's scheduler (its timesteps are read at every run), or the list of timesteps.
-    ``cache_device="cpu"`` keeps the cached residuals in CPU memory."""
+    ``cache_device="cpu"`` keeps the cached residuals in CPU memory. ``skipped_steps``: "extrapolate" (the default,
+    as on the nodes) adds a first-order prediction from the last two computed residuals on a skipped step (one more
+    residual kept per cond); "reuse" adds the last one as it is (the authors' rule, and diffusers' own MagCache)."""
     arch = architecture_of(transformer)
+    extrapolate = extrapolate_form(skipped_steps)
     schedule = _schedule(scheduler)
     curves, label, recommended = _curves(arch, preset, ratios, calibration)
     base = recommended or DEFAULT_MAGCACHE
@@ -61,7 +66,7 @@ def apply_magcache(transformer, preset: str | None = None, *, scheduler, ratios=
         number("retention_ratio", base.retention_ratio if retention_ratio is None else retention_ratio, 0.0, 1.0),
         number("max_skip_steps", base.max_skips if max_skip_steps is None else max_skip_steps, 0, MAX_SKIPS_MAX,
                integer=True))
-    config = RunConfig("magcache", params, curves, offload_device=_offload(cache_device),
+    config = RunConfig("magcache", params, curves, offload_device=_offload(cache_device), extrapolate=extrapolate,
                        label=f"{label}, threshold {params.threshold}, retention {params.retention_ratio}, "
                              f"K {params.max_skips}")
     return _attach(transformer, arch, config, schedule, batched_cfg)
@@ -69,12 +74,13 @@ def apply_magcache(transformer, preset: str | None = None, *, scheduler, ratios=
 
 def apply_teacache(transformer, preset: str | None = None, *, scheduler, coefficients=None, calibration=None,
                    rel_l1_thresh: float | None = None, max_skip_steps: int | None = None, batched_cfg: bool = False,
-                   cache_device=None):
+                   cache_device=None, skipped_steps: str = SKIPPED_DEFAULT):
     """TeaCache on ``transformer`` (FLUX and Wan: the transformers with TeaCache's input). The polynomial:
     ``preset`` (e.g. "flux", "wan2.1_t2v_1.3B"), ``coefficients`` (highest power first), or ``calibration`` (a
     calibration file with a fitted polynomial). ``rel_l1_thresh`` defaults to the preset's (else 0.4);
     ``max_skip_steps`` caps the steps skipped in a row (None or 0: no cap). Other arguments as ``apply_magcache``."""
     arch = architecture_of(transformer)
+    extrapolate = extrapolate_form(skipped_steps)
     if arch.modulated is None:
         raise MagCacheInputError("transformer", f"{arch.title} has no TeaCache input this pack reads (as in ComfyUI); "
                                                 "use calibrate() + apply_magcache(calibration=...)")
@@ -96,7 +102,7 @@ def apply_teacache(transformer, preset: str | None = None, *, scheduler, coeffic
                                    REL_L1_THRESH_MAX),
                             tuple(poly),
                             number("max_skip_steps", max_skip_steps or 0, 0, MAX_SKIPS_MAX, integer=True) or None)
-    config = RunConfig("teacache", params, offload_device=_offload(cache_device),
+    config = RunConfig("teacache", params, offload_device=_offload(cache_device), extrapolate=extrapolate,
                        label=f"{label}, rel_l1_thresh {params.rel_l1_thresh}")
     return _attach(transformer, arch, config, schedule, batched_cfg)
 

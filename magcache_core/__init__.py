@@ -8,12 +8,12 @@ from .decision import MagCacheParams, MagCacheRule, computed_steps
 from .calibration import CalibrationRecorder
 from .residuals import ResidualStore
 from .teacache import TeaCacheParams, TeaCacheRule, fit_coefficients, poly1d, relative_l1, teacache_schedule
-from .run import CallContext, RunConfig, RunState
+from .run import SKIPPED_CHOICES, SKIPPED_DEFAULT, CallContext, RunConfig, RunState, extrapolate_form
 from .storage import CalibrationStore
 
 __all__ = [
     "MagCacheInputError", "COND", "UNCOND", "RatioCurves", "nearest_interp", "validate_ratios",
     "MagCacheParams", "MagCacheRule", "computed_steps", "CalibrationRecorder", "ResidualStore",
     "CallContext", "RunConfig", "RunState", "CalibrationStore", "TeaCacheParams", "TeaCacheRule", "poly1d",
-    "relative_l1", "teacache_schedule", "fit_coefficients",
+    "relative_l1", "teacache_schedule", "fit_coefficients", "SKIPPED_CHOICES", "SKIPPED_DEFAULT", "extrapolate_form",
 ]

@@ -37,6 +37,7 @@ import torch
 
 from .calibration import CalibrationRecorder
 from .decision import MagCacheParams, MagCacheRule
+from .errors import MagCacheInputError
 from .firstblock import FirstBlockParams, FirstBlockRule, relative_changes
 from .ratios import RatioCurves
 from .residuals import ResidualStore
@@ -50,6 +51,21 @@ METHODS = ("magcache", "teacache", "calibrate")
 # weight given by the distance in steps ("step") or in sigma ("sigma"); "ratio" (MagCache only) scales the last
 # one by the curve's accumulated ratio since it was made (no extra residual).
 EXTRAPOLATIONS = ("off", "step", "sigma", "ratio")
+# What a user chooses (the nodes' and the diffusers API's ``skipped_steps``): "reuse" is the authors' rule (the last
+# residual as it is); "extrapolate" predicts it to first order from the last two computed ones, in the form
+# bench/variant_forms.py measured best (by step distance; TeaCache has no curve, so never "ratio").
+SKIPPED_CHOICES = ("reuse", "extrapolate")
+# The default: extrapolation was above reuse at every computed-steps speedup from 1.5x to 3x at 20, 30 and 50 steps
+# on the reference model, for MagCache and for TeaCache (docs/benchmarks/quality_shapes.md, 2026-11-25).
+SKIPPED_DEFAULT = "extrapolate"
+EXTRAPOLATE_FORM = "step"
+
+
+def extrapolate_form(skipped_steps, input_name: str = "skipped_steps") -> str:
+    """The RunConfig.extrapolate of a ``skipped_steps`` choice (a clear error naming ``input_name`` otherwise)."""
+    if skipped_steps not in SKIPPED_CHOICES:
+        raise MagCacheInputError(input_name, f"got {skipped_steps!r}; expected one of {', '.join(SKIPPED_CHOICES)}")
+    return "off" if skipped_steps == "reuse" else EXTRAPOLATE_FORM
 
 
 @dataclass(frozen=True)

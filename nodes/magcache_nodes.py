@@ -7,7 +7,8 @@ import os
 
 import folder_paths
 
-from ..magcache_core import MagCacheInputError, MagCacheParams, RatioCurves, RunConfig
+from ..magcache_core import (SKIPPED_CHOICES, SKIPPED_DEFAULT, MagCacheInputError, MagCacheParams, RatioCurves,
+                             RunConfig, extrapolate_form)
 from ..magcache_core.decision import MAX_SKIPS_MAX, THRESHOLD_MAX    # input maxima: the front end clamps to them
 from ..magcache_core.firstblock import FirstBlockParams
 from ..magcache_core.storage import (MODEL_ALIASES, CalibrationStore, check_name, curves_of, made_on, parse_json,
@@ -24,36 +25,17 @@ log = logging.getLogger("comfyui-magcache")
 CALIBRATION_PREFIX = "calibration: "
 CALIBRATION_ALIASES = MODEL_ALIASES            # strategy names of calibrations saved by earlier versions
 HIDDEN = {"unique_id": "UNIQUE_ID"}              # the node's id: run reports are drawn on it (report.py)
-# skipped_steps: "reuse" is the authors' rule (the last residual as it is); "extrapolate" predicts it to first order
-# from the last two computed ones, in the form bench/variant_forms.py measured best (RunConfig.extrapolate).
-SKIPPED_CHOICES = ("reuse", "extrapolate")
-# The default: extrapolation was above reuse at every computed-steps speedup from 1.5x to 3x at 20, 30 and 50 steps
-# on the reference model, for MagCache and for TeaCache (docs/benchmarks/quality_shapes.md, 2026-11-25).
-SKIPPED_DEFAULT = "extrapolate"
-EXTRAPOLATE_FORM = "step"
 FIRST_BLOCKS_MAX = 8
 FIRST_BLOCKS_THRESHOLD_MAX = 2.0
 FIRST_BLOCKS_ACCUMULATE = True                   # the forms bench/variant_forms.py measured best
 FIRST_BLOCKS_PRIOR = True
 
 
-TEACACHE_EXTRAPOLATE_FORM = "step"                # TeaCache has no curve: "ratio" is MagCache's only
-
-
-def extrapolate_form(skipped_steps, input_name: str = "skipped_steps", tea: bool = False) -> str:
-    """The RunConfig.extrapolate of a node's skipped_steps input."""
-    if skipped_steps not in SKIPPED_CHOICES:
-        raise MagCacheInputError(input_name, f"got {skipped_steps!r}; expected one of {', '.join(SKIPPED_CHOICES)}")
-    if skipped_steps == "reuse":
-        return "off"
-    return TEACACHE_EXTRAPOLATE_FORM if tea else EXTRAPOLATE_FORM
-
-
 SKIPPED_TOOLTIP = (
     "What a skipped step adds to the blocks' input. 'extrapolate' (default): predicted to first order from the "
     "last two computed residuals (by their distance in steps), TaylorSeer-style; keeps one extra residual per cond "
-    "(more memory: one more image-stream-sized tensor per cond, on cache_device). 'reuse' (the authors' rule): the residual of the last computed step, as "
-    "it is. The schedule is the same either way.")
+    "(more memory: one more image-stream-sized tensor per cond, on cache_device). 'reuse' (the authors' rule): the "
+    "residual of the last computed step, as it is. The schedule is the same either way.")
 FIRST_BLOCKS_TOOLTIP = (
     "0 = off (the authors' rule). N > 0: the first N transformer blocks run on every step, and the others are skipped "
     "only where the curve allows it (threshold, retention, K) AND the first blocks' residual has changed little since "

@@ -98,7 +98,7 @@ class TeaCacheApply:
         cap = number("max_skip_steps", max_skip_steps, 0, MAX_SKIPS_MAX, integer=True)
         target = parse_speed(speed, "speed")
         min_steps = number("min_steps", min_steps, 0, MIN_STEPS_MAX, integer=True)
-        extrapolate = extrapolate_form(skipped_steps, tea=True)
+        extrapolate = extrapolate_form(skipped_steps)
         if target is not None and thresh <= 0:
             raise MagCacheInputError("rel_l1_thresh", "is 0 (never skip), so a run measures nothing to reach the speed "
                                                       "from; give a starting value > 0, e.g. the preset's")

@@ -82,10 +82,16 @@ def test_same_steps_and_output_as_diffusers_mag_cache(family):
     # The two known rule differences, lined up: diffusers rounds the first skippable step (ours floors) and skips
     # while err <= threshold (ours <): a retention whose floor is diffusers' rounding, the threshold one ulp up.
     lined_up = (int(retention * steps + 0.5) + 0.5) / steps
+    # skipped_steps "reuse": diffusers' MagCache adds the last residual as it is (our default extrapolates)
     with apply_magcache(ours.transformer, ratios=list(curve), threshold=math.nextafter(threshold, 1.0),
-                        retention_ratio=lined_up, max_skip_steps=k, scheduler=ours.scheduler) as cache, \
-            BlockSteps(ours) as seen:
+                        retention_ratio=lined_up, max_skip_steps=k, scheduler=ours.scheduler,
+                        skipped_steps="reuse") as cache, BlockSteps(ours) as seen:
         out = ours.run(steps, CFG[family], callback_on_step_end=seen.callback)
+    # The default (extrapolate): the same steps computed, another output.
+    with apply_magcache(ours.transformer, ratios=list(curve), threshold=math.nextafter(threshold, 1.0),
+                        retention_ratio=lined_up, max_skip_steps=k, scheduler=ours.scheduler) as extrapolating:
+        extrapolated = ours.run(steps, CFG[family])
+    assert extrapolating.last_run.computed == their_steps and not torch.allclose(extrapolated, out, rtol=1e-4)
     print(f"\n{family}: diffusers {their_steps}, ours lined up {seen.steps}, "
           f"max |ours - diffusers| {(out - their_out).abs().max().item():.3g}")
     assert seen.steps == cache.last_run.computed == their_steps
@@ -424,6 +430,10 @@ def test_a_calibration_stopped_early_is_not_saved(tmp_path):
     (lambda m: apply_magcache(m.transformer, "flux", scheduler=None), "scheduler", "pipe.scheduler"),
     (lambda m: apply_magcache(m.transformer, "flux", scheduler=[1.0, 2.0]), "scheduler", "falling"),
     (lambda m: apply_magcache(m.transformer, "flux", cache_device="gpu", scheduler=m.scheduler), "cache_device", "'cpu'"),
+    (lambda m: apply_magcache(m.transformer, "flux", skipped_steps="ratio", scheduler=m.scheduler), "skipped_steps",
+     "got 'ratio'; expected one of reuse, extrapolate"),
+    (lambda m: apply_teacache(m.transformer, "flux", skipped_steps=None, scheduler=m.scheduler), "skipped_steps",
+     "expected one of reuse, extrapolate"),
     (lambda m: apply_teacache(m.transformer, "flux", rel_l1_thresh=3.0, scheduler=m.scheduler), "rel_l1_thresh",
      "from 0.0 to 2.0"),
     (lambda m: apply_teacache(m.transformer, coefficients=[1.0], scheduler=m.scheduler), "coefficients", "2-12 numbers"),
