@@ -74,6 +74,8 @@ def parse_args():
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--interleave", action="store_true", help="eager configs only: build all, warm each up, then time "
                    "them round-robin (--reps rounds), so that a drift of clocks or load reaches every config alike")
+    p.add_argument("--step-times", action="store_true", help="CUDA events at each step's callback: the last timed "
+                   "run's time per step on the GPU stream (gaps included) and on the host (how far ahead it runs)")
     p.add_argument("--sync-debug", action="store_true", help="one more run per config under torch.cuda's sync debug "
                    "mode: where host syncs happen (the innermost frames of each, counted)")
     return p.parse_args()
@@ -246,17 +248,33 @@ def main():
             return out.result[0] if hasattr(out, "result") else out[0]
         raise KeyError(name)
 
+    last_steps = [None]                     # --step-times: the last run's per-step times
+
     def run(m):
         n_lines = len(capture.lines)
         block0[0] = 0
+        callback, marks = None, []
+        if a.step_times and cuda:
+            def callback(step, *rest):
+                ev = torch.cuda.Event(enable_timing=True)
+                ev.record()
+                marks.append((ev, time.perf_counter()))
         if cuda:
             torch.cuda.synchronize()
         t = time.perf_counter()
+        if a.step_times and cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            marks.append((ev, t))
         out = comfy.sample.sample(m, noise, a.steps, st["cfg"], "euler", "simple", positive, negative, latent,
-                                  disable_pbar=True, seed=a.seed + 2)
+                                  disable_pbar=True, seed=a.seed + 2, callback=callback)
         if cuda:
             torch.cuda.synchronize()
         wall = time.perf_counter() - t
+        if len(marks) > 1:
+            last_steps[0] = dict(
+                gpu_ms=[round(marks[i][0].elapsed_time(marks[i + 1][0]), 3) for i in range(len(marks) - 1)],
+                cpu_ms=[round((marks[i + 1][1] - marks[i][1]) * 1000, 3) for i in range(len(marks) - 1)])
         summary = None
         for ln in capture.lines[n_lines:]:
             mm = SUMMARY_RE.search(ln)
@@ -295,14 +313,16 @@ def main():
                     torch.cuda.reset_peak_memory_stats()
                 o, wall, calls, summary = run(m)
                 walls[name].append(wall)
-                last[name] = (o, calls, summary)
+                last[name] = (o, calls, summary, last_steps[0])
                 if cuda:
                     peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated() / 2**30)
         for name, (m, warm_s) in models.items():
-            o, calls, summary = last[name]
+            o, calls, summary, steps_log = last[name]
             r = dict(wall_s_median=statistics.median(walls[name]), wall_s=walls[name],
                      computed_steps=calls // calls_per_step, pack_summary=summary, warmup_s=warm_s,
                      out_finite=bool(torch.isfinite(o).all()), interleaved=True)
+            if steps_log is not None:
+                r["step_times"] = steps_log
             if cuda:
                 r["peak_gib"] = peaks[name]
             results[name], outs[name] = r, o
@@ -353,6 +373,8 @@ def main():
             r["dynamo"] = dyn
         if a.sync_debug and cuda:
             r["syncs"] = r_syncs
+        if a.step_times and last_steps[0] is not None:
+            r["step_times"] = last_steps[0]
         results[name], outs[name] = r, o
         print(name, json.dumps({k: v for k, v in r.items() if k != "wall_s"}), flush=True)
         del m
