@@ -54,3 +54,23 @@ def load(comfy_root) -> tuple[bool, object]:
     sys.modules["comfyui_magcache"] = pack
     spec.loader.exec_module(pack)
     return cuda, pack
+
+
+def random_model(kind: str, config: dict, device, dtype, seed: int = 0):
+    """ComfyUI's own FLUX ("flux") or Wan 2.1 T2V (any other ``kind``) model class built from ``config`` (fitted to
+    this ComfyUI's parameters), its weights drawn normal(0, 0.02) from ``seed``: a ModelPatcher on ``device``."""
+    import torch
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_zoo import fitted          # the config fitted to this ComfyUI's parameters (0.33 adds txt_ids_dims)
+    mc = (sm.Flux if kind == "flux" else sm.WAN21_T2V)(fitted(config))
+    mc.set_inference_dtype(dtype, None)
+    model = mc.get_model({}, device=device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for prm in model.diffusion_model.parameters():
+            prm.normal_(0.0, 0.02, generator=g)
+    model.diffusion_model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)

@@ -21,18 +21,16 @@ size: compare two --hidden values to see it (docs/benchmarks/fingerprint_cost.md
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from gpu_wallclock import FLUX_DEV, FLUX_TINY  # noqa: E402
+from comfy_setup import FLUX_DEV, TINY, load, random_model  # noqa: E402
 
 
 def timed(fn, reps):
@@ -61,38 +59,17 @@ def main():
     p.add_argument("--hidden", type=int, default=3072, help="FLUX.1 dev's layout (every tensor of it) at another "
                    "width, heads of 128: 1024 gives 1.4 B parameters in 2.7 GB, for a machine without 24 GB to spare")
     a = p.parse_args()
-    sys.path.insert(0, str(Path(a.comfyui).resolve()))
     logging.basicConfig(level=logging.WARNING)
+    cuda, pack = load(a.comfyui)
     import torch
-    import comfy.cli_args
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        comfy.cli_args.args.cpu = True
     import comfy.lora
-    import comfy.model_management  # noqa: F401
-    import comfy.model_patcher
-    import comfy.supported_models
     import comfy.utils
-    import folder_paths
-    folder_paths.set_user_directory(tempfile.mkdtemp(prefix="magcache-bench-user-"))
-    spec = importlib.util.spec_from_file_location("comfyui_magcache", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["comfyui_magcache"] = pack
-    spec.loader.exec_module(pack)
     from comfyui_magcache.nodes.auto import weights_fingerprint
 
     dev = torch.device("cuda") if cuda else torch.device("cpu")
-    config = FLUX_TINY if a.tiny else dict(FLUX_DEV, hidden_size=a.hidden, num_heads=a.hidden // 128)
-    mc = comfy.supported_models.Flux(dict(config))
-    mc.set_inference_dtype(torch.bfloat16, None)
-    model = mc.get_model({}, device=dev)
-    dm = model.diffusion_model
-    g = torch.Generator(device=dev).manual_seed(0)
-    with torch.no_grad():
-        for prm in dm.parameters():
-            prm.normal_(0.0, 0.02, generator=g)
-    base = comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=dev)
+    config = TINY["flux"] if a.tiny else dict(FLUX_DEV, hidden_size=a.hidden, num_heads=a.hidden // 128)
+    base = random_model("flux", config, dev, torch.bfloat16)
+    model, dm = base.model, base.model.diffusion_model
     params = list(dm.parameters())
     result = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if cuda else "cpu",
               "params": sum(x.numel() for x in params), "tensors": len(params) + len(list(dm.buffers())),
@@ -102,7 +79,7 @@ def main():
     # A rank-R LoRA on every 2-D weight of the blocks, loaded the way LoraLoader loads a file.
     key_map = comfy.lora.model_lora_keys_unet(model, {})
     sd = model.state_dict()
-    lora = {}
+    lora, g = {}, torch.Generator(device=dev).manual_seed(1)
     for lora_key, key in key_map.items():
         w = sd.get(key)
         if lora_key.startswith("lora_unet_") and w is not None and w.ndim == 2 and "blocks" in key:

@@ -48,7 +48,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from comfy_setup import FLUX_DEV, SUMMARY_RE, TINY, WAN_14B, Capture, load  # noqa: E402
+from comfy_setup import FLUX_DEV, SUMMARY_RE, TINY, WAN_14B, Capture, load, random_model  # noqa: E402
 SETTINGS = {"flux": dict(preset="flux", mag=(0.24, 0.1, 5), tea=0.6, cfg=1.0),
             "wan14b": dict(preset="wan2.1_t2v_14B", mag=(0.24, 0.2, 6), tea=0.2, cfg=5.0)}
 CONFIGS = ["unpatched", "identity", "identity_sync", "magcache", "magcache_reuse", "magcache_offload", "teacache",
@@ -154,9 +154,7 @@ def main():
     cuda, pack = load(a.comfyui)
     import torch
     import comfy.model_management
-    import comfy.model_patcher
     import comfy.sample
-    import comfy.supported_models as sm
     nodes = pack.NODE_CLASS_MAPPINGS
     from comfyui_magcache.strategies import detect
     capture = Capture()
@@ -169,19 +167,9 @@ def main():
     dtype = torch.bfloat16
     st = SETTINGS[a.model]
     config = TINY[a.model] if a.tiny else (FLUX_DEV if a.model == "flux" else WAN_14B)
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_zoo import fitted
     t0 = time.perf_counter()
-    mc = (sm.Flux if a.model == "flux" else sm.WAN21_T2V)(fitted(config))
-    mc.set_inference_dtype(dtype, None)
-    model = mc.get_model({}, device=dev)
-    dm = model.diffusion_model
-    g = torch.Generator(device=dev).manual_seed(a.seed)
-    with torch.no_grad():
-        for prm in dm.parameters():
-            prm.normal_(0.0, 0.02, generator=g)
-    dm.eval()
-    base = comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=dev)
+    base = random_model(a.model, config, dev, dtype, a.seed)
+    dm = base.model.diffusion_model
     n_params = sum(p.numel() for p in dm.parameters())
     print(f"built {type(dm).__name__}: {n_params / 1e9:.3f} B params in {time.perf_counter() - t0:.1f} s", flush=True)
     strategy = detect(base)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from comfy_setup import FLUX_DEV, SUMMARY_RE, TINY, WAN_14B, Capture, load  # noqa: E402
+from comfy_setup import FLUX_DEV, SUMMARY_RE, TINY, WAN_14B, Capture, load, random_model  # noqa: E402
 SETTINGS = {"flux": dict(preset="flux", mag=(0.24, 0.1, 5), tea=0.4, cfg=3.5),
             "wan14b": dict(preset="wan2.1_t2v_14B", mag=(0.24, 0.2, 6), tea=0.2, cfg=5.0)}
 CONFIGS = ["unpatched", "magcache", "thresh0", "teacache", "calibrate"]
@@ -60,16 +60,12 @@ def parse_args():
 
 def main():
     a = parse_args()
-    sys.path.insert(0, str(ROOT / "tests"))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     cuda, pack = load(a.comfyui)
     import torch
     import comfy.model_management
-    import comfy.model_patcher
     import comfy.multigpu
     import comfy.sample
-    import comfy.supported_models as sm
-    from tiny_zoo import fitted
     nodes = pack.NODE_CLASS_MAPPINGS
     capture = Capture()
     logging.getLogger("comfyui-magcache").addHandler(capture)
@@ -79,15 +75,8 @@ def main():
     dtype = torch.bfloat16
     config = TINY[a.model] if a.tiny else (FLUX_DEV if a.model == "flux" else WAN_14B)
     t0 = time.perf_counter()
-    mc = (sm.Flux if a.model == "flux" else sm.WAN21_T2V)(fitted(config))
-    mc.set_inference_dtype(dtype, None)
-    model = mc.get_model({}, device=dev)
-    g = torch.Generator(device=dev).manual_seed(a.seed)
-    with torch.no_grad():
-        for prm in model.diffusion_model.parameters():
-            prm.normal_(0.0, 0.02, generator=g)
-    model.diffusion_model.eval()
-    base = comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=dev)
+    base = random_model(a.model, config, dev, dtype, a.seed)
+    model = base.model
     n_devices = torch.cuda.device_count() if cuda else 1
     two = comfy.multigpu.create_multigpu_deepclones(base, 2) if n_devices >= 2 else None
     build_s = time.perf_counter() - t0

@@ -30,32 +30,24 @@ Each config: --warmup untimed runs, then --reps timed runs; the median is report
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import platform
-import re
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
-                hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38,
-                axes_dim=[16, 56, 56], theta=10000, qkv_bias=True, guidance_embed=True, patch_size=2)
-# --tiny: same classes, same code path, a size a CPU samples in seconds.
-FLUX_TINY = dict(FLUX_DEV, vec_in_dim=32, context_in_dim=48, hidden_size=64, mlp_ratio=2.0, num_heads=2,
-                 depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12])
+sys.path.insert(0, str(ROOT / "bench"))
+from comfy_setup import FLUX_DEV, SUMMARY_RE, TINY, Capture, load, random_model  # noqa: E402
+FLUX_TINY = TINY["flux"]        # --tiny: same classes, same code path, a size a CPU samples in seconds
 
 CONFIGS = ["unpatched", "magcache_flux", "magcache_thresh0", "calibrate", "teacache_flux_04", "teacache_flux_06",
            "magcache_flux_extrap", "magcache_flux_fb1", "magcache_flux_fb1_extrap", "teacache_flux_06_extrap",
            "unpatched_end"]
 SAME_SCHEDULE = {"magcache_flux_extrap": "magcache_flux", "magcache_flux_fb1": "magcache_flux",
                  "magcache_flux_fb1_extrap": "magcache_flux", "teacache_flux_06_extrap": "teacache_flux_06"}
-SUMMARY_RE = re.compile(r"computed (\d+)/(\d+) steps (\[[0-9, ]*\])")
 
 
 def parse_args():
@@ -73,17 +65,6 @@ def parse_args():
     return p.parse_args()
 
 
-class SummaryCapture(logging.Handler):
-    """Keeps the pack's log lines; the per-run summary says which steps were computed."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 def main():
     a = parse_args()
     configs = [c.strip() for c in a.configs.split(",") if c.strip()]
@@ -91,29 +72,14 @@ def main():
     if unknown:
         sys.exit(f"unknown configs {sorted(unknown)}; known: {CONFIGS}")
 
-    comfy_root = str(Path(a.comfyui).resolve())
-    sys.path.insert(0, comfy_root)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-
+    comfy_root = str(Path(a.comfyui).resolve())
+    cuda, pack = load(comfy_root)        # calibrations land in a temp user folder
     import torch
-    import comfy.cli_args
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        comfy.cli_args.args.cpu = True
     import comfy.model_management
-    import comfy.model_patcher
     import comfy.sample
-    import comfy.supported_models
-    import folder_paths
-    folder_paths.set_user_directory(tempfile.mkdtemp(prefix="magcache-bench-user-"))  # calibrations land here
-
-    spec = importlib.util.spec_from_file_location("comfyui_magcache", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["comfyui_magcache"] = pack
-    spec.loader.exec_module(pack)
     nodes = pack.NODE_CLASS_MAPPINGS
-    capture = SummaryCapture()
+    capture = Capture()
     logging.getLogger("comfyui-magcache").addHandler(capture)
 
     dev = torch.device("cuda") if cuda else torch.device("cpu")
@@ -122,18 +88,8 @@ def main():
 
     # -- the model, through ComfyUI's own classes ----------------------------------------------
     t0 = time.perf_counter()
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_zoo import fitted      # the config fitted to this ComfyUI's FluxParams (0.33 adds txt_ids_dims)
-    mc = comfy.supported_models.Flux(fitted(unet_config))
-    mc.set_inference_dtype(dtype, None)
-    model = mc.get_model({}, device=dev)
-    dm = model.diffusion_model
-    g = torch.Generator(device=dev).manual_seed(a.seed)
-    with torch.no_grad():
-        for prm in dm.parameters():
-            prm.normal_(0.0, 0.02, generator=g)
-    dm.eval()
-    base = comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=dev)
+    base = random_model("flux", unet_config, dev, dtype, a.seed)
+    dm = base.model.diffusion_model
     if cuda:
         torch.cuda.synchronize()
     n_params = sum(p.numel() for p in dm.parameters())
