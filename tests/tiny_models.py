@@ -69,3 +69,17 @@ def sample(model, steps=8, cfg=1.0, seed=3, size=16, sampler="euler", scheduler=
     noise = comfy.sample.prepare_noise(lat, seed)
     return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, lat,
                                denoise=denoise, callback=callback, disable_pbar=True, seed=seed)
+
+
+def dynamo_counts(model, runs=3, steps=10):
+    """Samples ``model`` (under ComfyUI's torch.compile wrapper) ``runs`` times from a fresh dynamo: the set of
+    graph-break reasons, and the count of unique graphs after each run (constant = nothing recompiled)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    graphs = []
+    for _ in range(runs):
+        sample(model, steps=steps)
+        graphs.append(counters["stats"]["unique_graphs"])
+    return set(counters["graph_break"]), graphs
