@@ -15,7 +15,9 @@ Configs:
                        by design; their "ratio_to_sync_limit" is measured against it
 
 --interleave: the timed runs go round-robin over the configs instead of config after config (the runs of one
-config spread by 1-4 % on the H100, and a drift between configs moves every ratio).
+config spread by 1-4 % on the H100, and a drift between configs moves every ratio); each config then also gets
+"ratio_paired_median": the median over the rounds of its ratio to that round's own limit (from that round's
+unpatched and identity runs). --warmup 0 there: no untimed run per config (one short run of the process first).
 --sync-debug: one more run per config under torch.cuda's sync debug mode, which reports every synchronizing
 CUDA call; the result's "syncs" counts them and names where they come from.
   magcache             MagCacheApply (FLUX "flux" 0.24 / 0.1 / K 5; Wan "wan2.1_t2v_14B" 0.24 / 0.2 / K 6)
@@ -290,7 +292,7 @@ def main():
                 skipped.append(name)
                 continue
             tc = time.perf_counter()
-            for _ in range(max(a.warmup, 1)):
+            for _ in range(a.warmup):
                 run(m)
             models[name] = (m, time.perf_counter() - tc)
         walls, last, peaks = {n: [] for n in models}, {}, {n: 0.0 for n in models}
@@ -381,6 +383,13 @@ def main():
             r["limit_s"] = limit
             r["ratio_to_limit"] = limit / r["wall_s_median"]
             r["speedup_vs_unpatched"] = full["wall_s_median"] / r["wall_s_median"]
+            rounds = [results.get(prefix + k, {}).get("wall_s") for k in ("unpatched", "identity")] + [r["wall_s"]]
+            if r.get("interleaved") and all(w and len(w) == len(rounds[2]) for w in rounds):
+                # Round by round (--interleave): each round's limit from that round's unpatched and identity runs,
+                # so that a drift of the machine between rounds cancels; the median over the rounds.
+                paired = [(c * u + (a.steps - c) * i) / a.steps / w for u, i, w in zip(*rounds)]
+                r["ratio_per_round"] = [round(x, 4) for x in paired]
+                r["ratio_paired_median"] = statistics.median(paired)
             sync = results.get(prefix + "identity_sync")
             if sync is not None and name.removeprefix(prefix) in ("teacache", "easycache"):
                 r["sync_limit_s"] = c * f + (a.steps - c) * sync["wall_s_median"] / a.steps
@@ -396,12 +405,12 @@ def main():
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(dict(env=env, results=results), indent=1))
     print(f"\n{'config':<20} {'computed':>8} {'wall s':>8} {'ratio':>6} {'speedup':>7} {'peak GiB':>8} {'max|d|':>9} "
-          f"{'sync ratio':>10}")
+          f"{'sync ratio':>10} {'paired':>6}")
     for name, r in results.items():
         print(f"{name:<20} {r['computed_steps']:>5}/{a.steps:<2} {r['wall_s_median']:>8.3f} "
               f"{r.get('ratio_to_limit', float('nan')):>6.3f} {r.get('speedup_vs_unpatched', float('nan')):>6.2f}x "
               f"{r.get('peak_gib', float('nan')):>8.2f} {r.get('max_abs_diff_vs_unpatched', float('nan')):>9.3g} "
-              f"{r.get('ratio_to_sync_limit', float('nan')):>10.3f}")
+              f"{r.get('ratio_to_sync_limit', float('nan')):>10.3f} {r.get('ratio_paired_median', float('nan')):>6.3f}")
 
 
 def _version(root):

@@ -31,9 +31,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Hashable
 
-import torch
-
-
 
 @dataclass(frozen=True)
 class FirstBlockParams:
@@ -41,14 +38,6 @@ class FirstBlockParams:
     threshold: float                # largest relative L1 change of their residual that still skips; 0 = never
     accumulate: bool = False        # compare the sum of the changes over the skipped steps, not the last one
     prior: bool = True              # MagCache's threshold applies too (else only its retention, K and window)
-
-
-def relative_changes(current: torch.Tensor, reference: torch.Tensor, entries: int) -> torch.Tensor:
-    """Per entry (the batch split evenly in ``entries``): mean|current - reference| / mean|reference|, as one
-    float32 tensor of ``entries`` values (the caller reads it once: one host sync per model call)."""
-    cur = current.reshape(entries, -1).float()
-    ref = reference.reshape(entries, -1).float()
-    return (cur - ref).abs().mean(1) / ref.abs().mean(1).clamp_min(1e-12)
 
 
 class FirstBlockRule:

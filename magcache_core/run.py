@@ -38,11 +38,11 @@ import torch
 from .calibration import CalibrationRecorder
 from .decision import MagCacheParams, MagCacheRule
 from .errors import MagCacheInputError
-from .firstblock import FirstBlockParams, FirstBlockRule, relative_changes
+from .firstblock import FirstBlockParams, FirstBlockRule
 from .ratios import RatioCurves
 from .residuals import ResidualStore
 from .target import Plan, TeaOutcome, solve, tea_outcome
-from .teacache import TeaCacheParams, TeaCacheRule
+from .teacache import TeaCacheParams, TeaCacheRule, relative_l1
 
 log = logging.getLogger("comfyui-magcache")
 METHODS = ("magcache", "teacache", "calibrate")
@@ -311,10 +311,14 @@ class RunState:
     def _tea_enter(self, ctx: CallContext, stream_in: torch.Tensor, modulated: torch.Tensor | None) -> None:
         if modulated is None:
             raise RuntimeError("TeaCache needs the modulated input of the first block")
+        undecided: dict = {}                    # a 2nd call in one step (2nd-order samplers) reuses its decisions
         for key, chunk in zip(ctx.keys, modulated.chunk(len(ctx.keys))):
-            k = (ctx.step, key)
-            if k not in self.key_decisions:     # a 2nd call in one step (2nd-order samplers) reuses it
-                self.key_decisions[k] = self.tea.decide(ctx.step, key, chunk, self.in_window(ctx.sigma))
+            if (ctx.step, key) not in self.key_decisions and key not in undecided:
+                undecided[key] = chunk
+        if undecided:                           # one host read for the call's entries
+            for key, skip in zip(undecided, self.tea.decide_all(ctx.step, list(undecided.items()),
+                                                                 self.in_window(ctx.sigma))):
+                self.key_decisions[(ctx.step, key)] = skip
         # An entry or a shape this run has no residual for yet (new cond, new resolution), or whose
         # residual another device computed, computes.
         chunk_shape = (stream_in.shape[0] // len(ctx.keys),) + tuple(stream_in.shape[1:])
@@ -342,7 +346,7 @@ class RunState:
         if ok and ctx.prior:
             cur = probe if len(ok) == n else torch.cat([probe.chunk(n)[i] for i in ok])
             ref = refs[ok[0]] if len(ok) == 1 else torch.cat([refs[i] for i in ok])
-            for i, v in zip(ok, relative_changes(cur, ref, len(ok)).tolist()):
+            for i, v in zip(ok, relative_l1(cur, ref, len(ok)).tolist()):
                 changes[i] = v
         skip = set()
         for i, key in enumerate(ctx.keys):

@@ -35,10 +35,21 @@ def poly1d(coefficients: Sequence[float], x: float) -> float:
     return y
 
 
-def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-    """mean|current - previous| / mean|previous| (a 0-d tensor; float32 at least)."""
-    cur, prev = current.float(), previous.float()
-    return (cur - prev).abs().mean() / prev.abs().mean().clamp_min(1e-12)
+def relative_l1(current: torch.Tensor, previous: torch.Tensor, entries: int | None = None) -> torch.Tensor:
+    """mean|current - previous| / mean|previous|, float32: a 0-d tensor, or with ``entries`` one value per entry
+    (the batch split evenly in ``entries``) for the caller to read at once (one host sync for all).
+
+    Three kernels and no float32 copy of the inputs (this runs on every step of a TeaCache run, and the step's
+    host read waits for it): the difference in the inputs' own dtype (as the authors' code takes it), the two
+    L1 sums accumulated in float32 by the reductions themselves. A ratio of sums is the ratio of means.
+    """
+    n = 1 if entries is None else entries
+    cur, prev = current.reshape(n, -1), previous.reshape(n, -1)
+    f32 = torch.float32 if cur.dtype != torch.float64 else torch.float64
+    num = torch.linalg.vector_norm(cur - prev, 1, dim=1, dtype=f32)
+    den = torch.linalg.vector_norm(prev, 1, dim=1, dtype=f32)
+    out = num / den.clamp_min(1e-30)
+    return out.reshape(()) if entries is None else out
 
 
 @dataclass(frozen=True)
@@ -59,7 +70,7 @@ class _KeyState:
 
 
 class TeaCacheRule:
-    """Decides per cond entry and step. ``decide`` syncs once per entry (it reads a distance)."""
+    """Decides per cond entry and step. ``decide_all`` syncs once per call (it reads the entries' distances)."""
 
     def __init__(self, params: TeaCacheParams, first_step: int, last_step: int):
         self.params = params
@@ -69,23 +80,37 @@ class TeaCacheRule:
 
     def decide(self, step: int, key: Hashable, modulated: torch.Tensor, in_window: bool = True) -> bool:
         """True to skip ``step`` for ``key``; ``modulated`` is this entry's modulated input."""
-        st = self._state.setdefault(key, _KeyState())
-        previous, st.previous = st.previous, modulated.detach().clone()
-        if previous is not None and previous.device != modulated.device:   # the entry moved to another device
-            previous = previous.to(modulated.device)
-        if (previous is None or previous.shape != modulated.shape or not in_window
-                or step <= self.first_step or step >= self.last_step or self.params.rel_l1_thresh <= 0):
-            st.reset()
-            return False
-        d = poly1d(self.params.coefficients, float(relative_l1(modulated, previous)))
-        self.distances.setdefault(key, {})[step] = d
-        st.accumulated += d
+        return self.decide_all(step, [(key, modulated)], in_window)[0]
+
+    def decide_all(self, step: int, entries: Sequence[tuple[Hashable, torch.Tensor]], in_window: bool = True) -> list[bool]:
+        """``decide`` for several entries of one call (distinct keys, inputs on one device), with one host read
+        for all their distances."""
+        out = [False] * len(entries)
+        pending: list[tuple[int, Hashable, _KeyState, torch.Tensor]] = []
+        for i, (key, modulated) in enumerate(entries):
+            st = self._state.setdefault(key, _KeyState())
+            previous, st.previous = st.previous, modulated.detach().clone()   # a model may reuse what it handed out
+            if previous is not None and previous.device != modulated.device:   # the entry moved to another device
+                previous = previous.to(modulated.device)
+            if (previous is None or previous.shape != modulated.shape or not in_window
+                    or step <= self.first_step or step >= self.last_step or self.params.rel_l1_thresh <= 0):
+                st.reset()
+                continue
+            pending.append((i, key, st, relative_l1(modulated, previous)))
+        if not pending:
+            return out
+        read = [float(pending[0][3])] if len(pending) == 1 else torch.stack([p[3] for p in pending]).tolist()
         cap = self.params.max_skips
-        if st.accumulated < self.params.rel_l1_thresh and (cap is None or st.skips < cap):
-            st.skips += 1
-            return True
-        st.reset()
-        return False
+        for (i, key, st, _), distance in zip(pending, read):
+            d = poly1d(self.params.coefficients, distance)
+            self.distances.setdefault(key, {})[step] = d
+            st.accumulated += d
+            if st.accumulated < self.params.rel_l1_thresh and (cap is None or st.skips < cap):
+                st.skips += 1
+                out[i] = True
+            else:
+                st.reset()
+        return out
 
     def computed(self, key: Hashable) -> None:
         """``key`` ran the blocks after all (e.g. no residual yet): start accumulating afresh."""

@@ -159,3 +159,21 @@ def test_calibrate_and_teacache_run_under_torch_compile():
     assert torch.isfinite(out).all()
     extra = {k.split("\n")[0] for k in set(counters["graph_break"]) - plain}
     assert all("item()" in k for k in extra), extra
+
+
+def test_teacache_reads_once_per_decided_call_and_copies_nothing_to_float32(no_cpu_clock_check):
+    """TeaCache must read its distance on the host (its decision depends on it), but once per model call: a
+    batched CFG call's two entries are read together. Its distance runs in the model's dtype, without float32
+    copies of the modulated input (they sat in front of that read on every step)."""
+    from comfyui_magcache.nodes.teacache_nodes import TeaCacheApply
+    model = tiny_wan(seed=6)
+    m = TeaCacheApply().apply(model, "wan2.1_t2v_1.3B", 0.05, start_percent=0.0)[0]
+    spy = PackTorchCalls()
+    with spy:
+        sample(m, steps=8, cfg=3.0)
+    calls = spy.calls[True] + spy.calls[False]
+    reads = sum(n for name, n in calls.items() if name in SYNCS)
+    assert reads == 6, calls           # steps 1-6 decide (the first and the last always compute), one read each
+    assert not no_cpu_clock_check
+    assert calls["float"] == 0 and calls["to"] == 0, calls
+    assert spy.calls[True], "nothing skipped: the test would not see a skipped call"
