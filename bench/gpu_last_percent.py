@@ -31,7 +31,10 @@ CUDA call; the result's "syncs" counts them and names where they come from.
                        the same under ComfyUI's TorchCompileModel (inductor); graph breaks, recompiles and
                        compiled frames are counted (torch._dynamo counters) per config
 
-Per config: --warmup untimed runs, --reps timed runs, the median; peak memory over the timed runs.
+Per config: --warmup untimed runs, --reps timed runs, the median; peak memory over the timed runs; "gc_per_run":
+Python's garbage collections during each timed run ([count, their total ms, the oldest generation collected]).
+Each run starts after gc.collect() and gc.freeze() (--no-gc-prep: not): a full sweep of the process's objects
+takes 0.1-0.2 s and otherwise lands in some timed runs and not in others.
 
     python bench/gpu_last_percent.py --comfyui PATH --model flux --out r.json
     python bench/gpu_last_percent.py --comfyui PATH --model wan14b --steps 6 --reps 2 --warmup 0 --out r.json
@@ -78,6 +81,9 @@ def parse_args():
                    "them round-robin (--reps rounds), so that a drift of clocks or load reaches every config alike")
     p.add_argument("--step-times", action="store_true", help="CUDA events at each step's callback: the last timed "
                    "run's time per step on the GPU stream (gaps included) and on the host (how far ahead it runs)")
+    p.add_argument("--no-gc-prep", action="store_true", help="do not collect and freeze Python's garbage before "
+                   "each run (by default each run starts after gc.collect() and gc.freeze(), so that a full sweep "
+                   "of the process's objects, 0.1-0.2 s, cannot land in one timed run and not another)")
     p.add_argument("--sync-debug", action="store_true", help="one more run per config under torch.cuda's sync debug "
                    "mode: where host syncs happen (the innermost frames of each, counted)")
     return p.parse_args()
@@ -238,7 +244,18 @@ def main():
             return out.result[0] if hasattr(out, "result") else out[0]
         raise KeyError(name)
 
+    gc_log: list = []                       # per run: [collections, their total ms, the oldest generation]
     last_steps = [None]                     # --step-times: the last run's per-step times
+    import gc
+    gc_pauses: list[tuple[int, float]] = []  # (generation, ms) of the garbage collections during a timed run
+    gc_start = [0.0]
+
+    def on_gc(phase, info):
+        if phase == "start":
+            gc_start[0] = time.perf_counter()
+        else:
+            gc_pauses.append((info["generation"], (time.perf_counter() - gc_start[0]) * 1000))
+    gc.callbacks.append(on_gc)
 
     def run(m):
         n_lines = len(capture.lines)
@@ -256,11 +273,17 @@ def main():
             ev = torch.cuda.Event(enable_timing=True)
             ev.record()
             marks.append((ev, t))
+        if not a.no_gc_prep:                # a full collection now, the survivors frozen: no old-generation sweep
+            gc.collect()                    # of the whole process (~0.2 s) lands inside a timed run
+            gc.freeze()
+        gc_pauses.clear()
         out = comfy.sample.sample(m, noise, a.steps, st["cfg"], "euler", "simple", positive, negative, latent,
                                   disable_pbar=True, seed=a.seed + 2, callback=callback)
         if cuda:
             torch.cuda.synchronize()
         wall = time.perf_counter() - t
+        gc_log.append([len(gc_pauses), round(sum(ms for _, ms in gc_pauses), 2),
+                       max((g for g, _ in gc_pauses), default=-1)])
         if len(marks) > 1:
             last_steps[0] = dict(
                 gpu_ms=[round(marks[i][0].elapsed_time(marks[i + 1][0]), 3) for i in range(len(marks) - 1)],
@@ -296,6 +319,7 @@ def main():
                 run(m)
             models[name] = (m, time.perf_counter() - tc)
         walls, last, peaks = {n: [] for n in models}, {}, {n: 0.0 for n in models}
+        gcs = {n: [] for n in models}
         for _ in range(a.reps):                   # round-robin: a drift of the machine reaches every config alike
             for name, (m, _) in models.items():
                 if cuda:
@@ -303,6 +327,7 @@ def main():
                     torch.cuda.reset_peak_memory_stats()
                 o, wall, calls, summary = run(m)
                 walls[name].append(wall)
+                gcs[name].append(gc_log[-1])
                 last[name] = (o, calls, summary, last_steps[0])
                 if cuda:
                     peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated() / 2**30)
@@ -310,7 +335,7 @@ def main():
             o, calls, summary, steps_log = last[name]
             r = dict(wall_s_median=statistics.median(walls[name]), wall_s=walls[name],
                      computed_steps=calls // calls_per_step, pack_summary=summary, warmup_s=warm_s,
-                     out_finite=bool(torch.isfinite(o).all()), interleaved=True)
+                     out_finite=bool(torch.isfinite(o).all()), interleaved=True, gc_per_run=gcs[name])
             if steps_log is not None:
                 r["step_times"] = steps_log
             if cuda:
@@ -341,10 +366,11 @@ def main():
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        walls, o, calls, summary = [], None, None, None
+        walls, o, calls, summary, gcs = [], None, None, None, []
         for _ in range(a.reps):
             o, wall, calls, summary = run(m)
             walls.append(wall)
+            gcs.append(gc_log[-1])
         if a.sync_debug and cuda:
             r_syncs = sync_sites(lambda: run(m))
         if name.startswith("compiled_"):
@@ -356,7 +382,7 @@ def main():
         if name.startswith("compiled_"):
             steps_computed = summary["computed"] if summary else (0 if name.endswith("identity") else a.steps)
         r = dict(wall_s_median=statistics.median(walls), wall_s=walls, computed_steps=steps_computed,
-                 pack_summary=summary, warmup_s=warm_s, out_finite=bool(torch.isfinite(o).all()))
+                 pack_summary=summary, warmup_s=warm_s, out_finite=bool(torch.isfinite(o).all()), gc_per_run=gcs)
         if cuda:
             r["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         if dyn is not None:
