@@ -292,9 +292,10 @@ class RunState:
             ctx.prior, ctx.skip, ctx.probing = ctx.skip, False, True
             ctx.stream_in = stream_in.clone()
             return
-        if self.tea is not None:
+        if self.tea is not None:              # decides, and makes skip_out or the copy of stream_in itself
             self._tea_enter(ctx, stream_in, modulated)
-        elif ctx.skip:
+            return
+        if ctx.skip:
             r = ctx.residual
             if r is None:                     # a host that did not say the device in begin_call
                 r = self.residuals.get_batch(ctx.keys, stream_in, self._coefficients(ctx.step, ctx.sigma, ctx.keys))

@@ -169,7 +169,7 @@ def test_teacache_reads_once_per_decided_call_and_copies_nothing_to_float32(no_c
     model = tiny_wan(seed=6)
     m = TeaCacheApply().apply(model, "wan2.1_t2v_1.3B", 0.05, start_percent=0.0)[0]
     spy = PackTorchCalls()
-    with spy:
+    with BlockSteps(model) as ran, spy:
         sample(m, steps=8, cfg=3.0)
     calls = spy.calls[True] + spy.calls[False]
     reads = sum(n for name, n in calls.items() if name in SYNCS)
@@ -177,3 +177,8 @@ def test_teacache_reads_once_per_decided_call_and_copies_nothing_to_float32(no_c
     assert not no_cpu_clock_check
     assert calls["float"] == 0 and calls["to"] == 0, calls
     assert spy.calls[True], "nothing skipped: the test would not see a skipped call"
+    # A skipped call copies nothing: it makes its output (input + extrapolated residual), nothing else. (It cloned
+    # the stream on every call, as a computed call must, and a computed call cloned it twice.)
+    assert set(spy.calls[True]) <= {"add", "lerp", "__getitem__"}, spy.calls[True]
+    # Computed calls copy each indicator (kept for the next distance) and the stream entering the blocks, once.
+    assert spy.calls[False]["clone"] == calls["detach"] + len(ran.steps), (spy.calls[False], ran.steps)
