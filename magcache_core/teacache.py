@@ -39,9 +39,9 @@ def relative_l1(current: torch.Tensor, previous: torch.Tensor, entries: int | No
     """mean|current - previous| / mean|previous|, float32: a 0-d tensor, or with ``entries`` one value per entry
     (the batch split evenly in ``entries``) for the caller to read at once (one host sync for all).
 
-    Three kernels and no float32 copy of the inputs (this runs on every step of a TeaCache run, and the step's
-    host read waits for it): the difference in the inputs' own dtype (as the authors' code takes it), the two
-    L1 sums accumulated in float32 by the reductions themselves. A ratio of sums is the ratio of means.
+    No float32 copy of the inputs (this runs on every step of a TeaCache run, and the step's host read waits for
+    it): the difference in the inputs' own dtype (as the authors' code takes it), the two L1 sums accumulated in
+    float32 by the reductions themselves, then their ratio. A ratio of sums is the ratio of means.
     """
     n = 1 if entries is None else entries
     cur, prev = current.reshape(n, -1), previous.reshape(n, -1)
