@@ -266,6 +266,10 @@ def main():
                 ev = torch.cuda.Event(enable_timing=True)
                 ev.record()
                 marks.append((ev, time.perf_counter()))
+        if not a.no_gc_prep:                # a full collection now, the survivors frozen: no old-generation sweep
+            gc.collect()                    # of the whole process (~0.2 s) lands inside a timed run
+            gc.freeze()
+        gc_pauses.clear()
         if cuda:
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -273,10 +277,6 @@ def main():
             ev = torch.cuda.Event(enable_timing=True)
             ev.record()
             marks.append((ev, t))
-        if not a.no_gc_prep:                # a full collection now, the survivors frozen: no old-generation sweep
-            gc.collect()                    # of the whole process (~0.2 s) lands inside a timed run
-            gc.freeze()
-        gc_pauses.clear()
         out = comfy.sample.sample(m, noise, a.steps, st["cfg"], "euler", "simple", positive, negative, latent,
                                   disable_pbar=True, seed=a.seed + 2, callback=callback)
         if cuda:
@@ -284,6 +284,8 @@ def main():
         wall = time.perf_counter() - t
         gc_log.append([len(gc_pauses), round(sum(ms for _, ms in gc_pauses), 2),
                        max((g for g, _ in gc_pauses), default=-1)])
+        if not a.no_gc_prep:
+            gc.unfreeze()                   # what this run left behind can be collected again before the next
         if len(marks) > 1:
             last_steps[0] = dict(
                 gpu_ms=[round(marks[i][0].elapsed_time(marks[i + 1][0]), 3) for i in range(len(marks) - 1)],

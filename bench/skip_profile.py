@@ -45,6 +45,7 @@ def run(m, prof=None, skipped=()):
     comfy.sample.sample(m, noise, 28, 1.0, "euler", "simple", pos, neg, latent, disable_pbar=True, seed=2, callback=cb)
     if prof is not None and on[0]: prof.disable()
     if cuda: torch.cuda.synchronize()
+    gc.unfreeze()
     computed = list(range(28))
     for ln in cap.lines[n:]:
         mm = SUMMARY_RE.search(ln)
