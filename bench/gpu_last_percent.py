@@ -27,6 +27,8 @@ CUDA call; the result's "syncs" counts them and names where they come from.
   thresh0              MagCacheApply at threshold 0 (never skips: the cost of the patches; bit-identical)
   calibrate            MagCacheCalibrate
   easycache            ComfyUI's EasyCache node, reuse_threshold 0.2 (its default)
+  easycache_max        the same at reuse_threshold 3.0, the most its node allows: on random weights the default
+                       never skips, so this is the config that shows how fast EasyCache's skipped steps are
   compiled_unpatched, compiled_identity, compiled_magcache
                        the same under ComfyUI's TorchCompileModel (inductor); graph breaks, recompiles and
                        compiled frames are counted (torch._dynamo counters) per config
@@ -57,7 +59,7 @@ from comfy_setup import FLUX_DEV, SUMMARY_RE, TINY, WAN_14B, Capture, load, rand
 SETTINGS = {"flux": dict(preset="flux", mag=(0.24, 0.1, 5), tea=0.6, cfg=1.0),
             "wan14b": dict(preset="wan2.1_t2v_14B", mag=(0.24, 0.2, 6), tea=0.2, cfg=5.0)}
 CONFIGS = ["unpatched", "identity", "identity_sync", "magcache", "magcache_reuse", "magcache_offload", "teacache",
-           "thresh0", "calibrate", "easycache", "compiled_unpatched", "compiled_identity", "compiled_magcache"]
+           "thresh0", "calibrate", "easycache", "easycache_max", "compiled_unpatched", "compiled_identity", "compiled_magcache"]
 
 
 def parse_args():
@@ -235,12 +237,12 @@ def main():
             return nodes["TeaCacheApply"]().apply(m, st["preset"], st["tea"])[0]
         if plain == "calibrate":
             return nodes["MagCacheCalibrate"]().calibrate(m, f"bench_{a.model}")[0]
-        if plain == "easycache":
+        if plain in ("easycache", "easycache_max"):
             ec = easycache_module()
             if ec is None:
                 ec_note = "ComfyUI's EasyCache could not be imported here (PyAV missing): not measured"
                 return None
-            out = ec.EasyCacheNode.execute(m, 0.2, 0.15, 0.95, False)
+            out = ec.EasyCacheNode.execute(m, 0.2 if plain == "easycache" else 3.0, 0.15, 0.95, False)
             return out.result[0] if hasattr(out, "result") else out[0]
         raise KeyError(name)
 
@@ -419,7 +421,7 @@ def main():
                 r["ratio_per_round"] = [round(x, 4) for x in paired]
                 r["ratio_paired_median"] = statistics.median(paired)
             sync = results.get(prefix + "identity_sync")
-            if sync is not None and name.removeprefix(prefix) in ("teacache", "easycache"):
+            if sync is not None and name.removeprefix(prefix) in ("teacache", "easycache", "easycache_max"):
                 r["sync_limit_s"] = c * f + (a.steps - c) * sync["wall_s_median"] / a.steps
                 r["ratio_to_sync_limit"] = r["sync_limit_s"] / r["wall_s_median"]
     ref = outs.get("unpatched")

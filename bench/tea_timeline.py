@@ -1,0 +1,228 @@
+"""Where TeaCache's time goes against MagCache and the limit, on the GPU's own timeline (FLUX.1-dev size, random bf16
+weights, 28 steps): each config (unpatched, identity, MagCache, TeaCache) runs once under torch.profiler with CUDA
+activity after a warm-up. Per run and per kind of step (computed / skipped, as the pack's summary says): the host
+time of the steps, the GPU's busy time (kernels and copies of the step, overlaps merged), the GPU's idle time
+inside the step, and the host time spent waiting in CUDA synchronising calls. For the pack's own per-call work
+(the TeaCache indicator, the decision, MagCache's skip) the host time and the GPU time of the kernels it launched,
+through profiler ranges this script puts around those functions of the pack for this measurement only.
+
+    python bench/tea_timeline.py PATH_TO_COMFYUI --out DIR          # on the GPU machine
+    python bench/tea_timeline.py PATH_TO_COMFYUI --out DIR --tiny   # CPU smoke test (no GPU timeline)
+"""
+from __future__ import annotations
+
+import argparse
+import bisect
+import functools
+import gc
+import json
+import statistics as S
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from comfy_setup import FLUX_DEV, SUMMARY_RE, TINY, Capture, load, random_model  # noqa: E402
+
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
+              "cudaMemcpyAsync")
+
+
+def ranged(fn, name):
+    import torch
+
+    @functools.wraps(fn)
+    def inner(*a, **k):
+        with torch.profiler.record_function(f"mc::{name}"):
+            return fn(*a, **k)
+    return inner
+
+
+def instrument(strategy):
+    """Profiler ranges around the pack's per-call functions (this process only, for the measurement)."""
+    from comfyui_magcache.magcache_core import run, teacache
+    run.RunState.enter_blocks = ranged(run.RunState.enter_blocks, "enter_blocks")
+    run.RunState.leave_blocks = ranged(run.RunState.leave_blocks, "leave_blocks")
+    run.RunState.end_call = ranged(run.RunState.end_call, "end_call")
+    teacache.TeaCacheRule.decide_all = ranged(teacache.TeaCacheRule.decide_all, "tea_decide")
+    cls = type(strategy)
+    cls.modulated_input = ranged(cls.modulated_input, "indicator")
+
+
+def merged(spans):
+    """Total length of the union of (start, end) spans."""
+    total, end = 0.0, float("-inf")
+    for s, e in sorted(spans):
+        if s > end:
+            total += e - s
+            end = e
+        elif e > end:
+            total += e - end
+            end = e
+    return total
+
+
+def analyse(trace: dict, computed: list[int], steps: int) -> dict:
+    ev = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
+    ann = sorted((e for e in ev if e.get("cat") == "user_annotation" and e["name"].startswith("step")),
+                 key=lambda e: e["ts"])
+    gpu = [e for e in ev if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    launches = sorted((e for e in ev if e.get("cat") == "cuda_runtime"), key=lambda e: e["ts"])
+    starts = [e["ts"] for e in launches]
+    by_corr: dict = {}
+    for k in gpu:
+        by_corr.setdefault(k["args"].get("correlation"), []).append(k)
+
+    def launched(t0, t1):
+        """The GPU work launched by runtime calls made between host times t0 and t1."""
+        return [k for l in launches[bisect.bisect_left(starts, t0):bisect.bisect_left(starts, t1)]
+                for k in by_corr.get(l["args"].get("correlation"), [])]
+    syncs = [e for e in ev if e.get("cat") == "cuda_runtime" and e["name"] in SYNC_CALLS]
+    mc = [e for e in ev if e.get("cat") == "user_annotation" and e["name"].startswith("mc::")]
+    per_step = []
+    for a in ann:
+        i = int(a["name"][4:])
+        t0, t1 = a["ts"], a["ts"] + a["dur"]
+        mine = launched(t0, t1)
+        busy = merged([(k["ts"], k["ts"] + k["dur"]) for k in mine])
+        span = (max(k["ts"] + k["dur"] for k in mine) - min(k["ts"] for k in mine)) if mine else 0.0
+        wait = sum(e["dur"] for e in syncs if t0 <= e["ts"] < t1)
+        per_step.append(dict(step=i, host_ms=a["dur"] / 1e3, gpu_busy_ms=busy / 1e3, gpu_span_ms=span / 1e3,
+                             gpu_idle_in_span_ms=(span - busy) / 1e3, sync_wait_ms=wait / 1e3, kernels=len(mine),
+                             computed=i in computed))
+    ranges: dict = {}
+    for e in mc:
+        t0, t1 = e["ts"], e["ts"] + e["dur"]
+        ks = launched(t0, t1)
+        r = ranges.setdefault(e["name"][4:], dict(calls=0, host_ms=0.0, gpu_ms=0.0, kernels=0, sync_wait_ms=0.0))
+        r["calls"] += 1
+        r["host_ms"] += e["dur"] / 1e3
+        r["gpu_ms"] += sum(k["dur"] for k in ks) / 1e3
+        r["kernels"] += len(ks)
+        r["sync_wait_ms"] += sum(s["dur"] for s in syncs if t0 <= s["ts"] < t1) / 1e3
+    kinds = {}
+    for name, pick in (("computed", True), ("skipped", False)):
+        rows = [p for p in per_step if p["computed"] == pick]
+        if rows:
+            kinds[name] = {f: dict(sum=round(sum(p[f] for p in rows), 3), median=round(S.median(p[f] for p in rows), 3))
+                           for f in ("host_ms", "gpu_busy_ms", "gpu_span_ms", "gpu_idle_in_span_ms", "sync_wait_ms",
+                                     "kernels")}
+            kinds[name]["steps"] = len(rows)
+    all_gpu = merged([(k["ts"], k["ts"] + k["dur"]) for k in gpu])
+    first = min((a["ts"] for a in ann), default=0.0)
+    last = max((a["ts"] + a["dur"] for a in ann), default=0.0)
+    return dict(by_kind=kinds, pack_ranges={k: {f: round(v, 3) if isinstance(v, float) else v for f, v in r.items()}
+                                            for k, r in ranges.items()},
+                gpu_busy_total_ms=round(all_gpu / 1e3, 3), host_steps_total_ms=round((last - first) / 1e3, 3),
+                per_step=[{k: round(v, 3) if isinstance(v, float) else v for k, v in p.items()} for p in per_step])
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("comfyui")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--steps", type=int, default=28)
+    p.add_argument("--configs", default="unpatched,identity,magcache,teacache")
+    a = p.parse_args()
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cuda, pack = load(a.comfyui)
+    import logging
+    import torch
+    import comfy.sample
+    import gpu_last_percent as g
+    from comfyui_magcache.strategies import detect
+    dev = torch.device("cuda" if cuda else "cpu")
+    cfg = TINY["flux"] if a.tiny else FLUX_DEV
+    base = random_model("flux", cfg, dev, torch.bfloat16, 0)
+    strategy = detect(base)
+    instrument(strategy)
+    nodes = pack.NODE_CLASS_MAPPINGS
+    cap = Capture()
+    lg = logging.getLogger("comfyui-magcache")
+    lg.addHandler(cap)
+    lg.setLevel(logging.INFO)
+    lg.propagate = False
+    gcn = torch.Generator().manual_seed(1)
+    mk = lambda: [[torch.randn(1, 512, cfg["context_in_dim"], generator=gcn).to(torch.bfloat16),  # noqa: E731
+                   {"pooled_output": torch.randn(1, cfg["vec_in_dim"], generator=gcn), "guidance": 3.5}]]
+    pos, neg = mk(), mk()
+    side = 8 if a.tiny else 128
+    latent = torch.zeros(1, 16, side, side)
+    noise = comfy.sample.prepare_noise(latent, 2)
+    st = g.SETTINGS["flux"]
+    makers = {"unpatched": lambda: base, "identity": lambda: g.identity_patches(base, strategy),
+              "magcache": lambda: nodes["MagCacheApply"]().apply(base, st["preset"], *st["mag"])[0],
+              "teacache": lambda: nodes["TeaCacheApply"]().apply(base, st["preset"], st["tea"])[0]}
+    results = {}
+    for name in a.configs.split(","):
+        m = makers[name]()
+
+        def run(prof=None):
+            current = [None]
+
+            def cb(i, *rest):
+                if prof is not None:
+                    if current[0] is not None:
+                        current[0].__exit__(None, None, None)
+                    if i + 1 < a.steps:
+                        current[0] = torch.profiler.record_function(f"step{i + 1}")
+                        current[0].__enter__()
+                    else:
+                        current[0] = None
+            n = len(cap.lines)
+            gc.collect()
+            gc.freeze()
+            if cuda:
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            if prof is not None:
+                current[0] = torch.profiler.record_function("step0")
+                current[0].__enter__()
+            comfy.sample.sample(m, noise, a.steps, 1.0, "euler", "simple", pos, neg, latent, disable_pbar=True,
+                                seed=2, callback=cb)
+            if current[0] is not None:
+                current[0].__exit__(None, None, None)
+            if cuda:
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - t
+            gc.unfreeze()
+            computed = list(range(a.steps))
+            for ln in cap.lines[n:]:
+                mm = SUMMARY_RE.search(ln)
+                if mm:
+                    computed = json.loads(mm.group(3))
+            if name == "identity":
+                computed = []
+            return wall, computed
+
+        run()
+        walls = [run()[0] for _ in range(3)]
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+        with torch.profiler.profile(activities=acts) as prof:
+            wall_prof, computed = run(prof)
+        path = out_dir / f"trace_{name}.json"
+        prof.export_chrome_trace(str(path))
+        trace = json.loads(path.read_text())
+        path.unlink()
+        r = analyse(trace, computed, a.steps)
+        r.update(wall_s=[round(w, 4) for w in walls], wall_profiled_s=round(wall_prof, 4), computed=computed)
+        results[name] = r
+        print(f"=== {name}: wall {[round(w, 4) for w in walls]} s (profiled {wall_prof:.4f}), computed {computed}")
+        for kind, v in r["by_kind"].items():
+            print(f"  {kind:9s} steps {v['steps']:2d}: " + ", ".join(f"{f} sum {v[f]['sum']:.2f} med {v[f]['median']:.3f}"
+                                                         for f in ("host_ms", "gpu_busy_ms", "gpu_idle_in_span_ms",
+                                                                   "sync_wait_ms", "kernels")))
+        for k, v in r["pack_ranges"].items():
+            print(f"  pack {k:13s}: {v}")
+        print(f"  GPU busy total {r['gpu_busy_total_ms']:.1f} ms of host steps {r['host_steps_total_ms']:.1f} ms",
+              flush=True)
+    env = dict(torch=torch.__version__, gpu=torch.cuda.get_device_name() if cuda else "cpu", tiny=a.tiny,
+               date=time.strftime("%Y-%m-%d"))
+    (out_dir / "tea_timeline.json").write_text(json.dumps(dict(env=env, results=results), indent=1))
+
+
+if __name__ == "__main__":
+    main()
