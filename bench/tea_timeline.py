@@ -29,18 +29,30 @@ SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchr
               "cudaMemcpyAsync")
 
 
+HOST: dict = {}            # name -> host seconds of each call, while TIMING[0] (the unprofiled runs)
+TIMING = [False]
+
+
 def ranged(fn, name):
+    """``fn`` inside a profiler range, and its host time kept in HOST while TIMING[0]."""
     import torch
 
     @functools.wraps(fn)
     def inner(*a, **k):
+        if TIMING[0]:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                HOST.setdefault(name, []).append(time.perf_counter() - t)
         with torch.profiler.record_function(f"mc::{name}"):
             return fn(*a, **k)
     return inner
 
 
 def instrument(strategy):
-    """Profiler ranges around the pack's per-call functions (this process only, for the measurement)."""
+    """Profiler ranges and host timers around the pack's per-call functions (this process only, for the
+    measurement)."""
     from comfyui_magcache.magcache_core import run, teacache
     run.RunState.enter_blocks = ranged(run.RunState.enter_blocks, "enter_blocks")
     run.RunState.leave_blocks = ranged(run.RunState.leave_blocks, "leave_blocks")
@@ -68,7 +80,7 @@ def analyse(trace: dict, computed: list[int], steps: int) -> dict:
     ann = sorted((e for e in ev if e.get("cat") == "user_annotation" and e["name"].startswith("step")),
                  key=lambda e: e["ts"])
     gpu = [e for e in ev if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
-    launches = sorted((e for e in ev if e.get("cat") == "cuda_runtime"), key=lambda e: e["ts"])
+    launches = sorted((e for e in ev if e.get("cat") in ("cuda_runtime", "cuda_driver")), key=lambda e: e["ts"])
     starts = [e["ts"] for e in launches]
     by_corr: dict = {}
     for k in gpu:
@@ -78,7 +90,7 @@ def analyse(trace: dict, computed: list[int], steps: int) -> dict:
         """The GPU work launched by runtime calls made between host times t0 and t1."""
         return [k for l in launches[bisect.bisect_left(starts, t0):bisect.bisect_left(starts, t1)]
                 for k in by_corr.get(l["args"].get("correlation"), [])]
-    syncs = [e for e in ev if e.get("cat") == "cuda_runtime" and e["name"] in SYNC_CALLS]
+    syncs = [e for e in ev if e.get("cat") in ("cuda_runtime", "cuda_driver") and e["name"] in SYNC_CALLS]
     mc = [e for e in ev if e.get("cat") == "user_annotation" and e["name"].startswith("mc::")]
     per_step = []
     for a in ann:
@@ -156,14 +168,22 @@ def main():
     makers = {"unpatched": lambda: base, "identity": lambda: g.identity_patches(base, strategy),
               "magcache": lambda: nodes["MagCacheApply"]().apply(base, st["preset"], *st["mag"])[0],
               "teacache": lambda: nodes["TeaCacheApply"]().apply(base, st["preset"], st["tea"])[0]}
+    def clock():
+        try:
+            return torch.cuda.clock_rate() if cuda else None
+        except Exception as e:           # pynvml missing
+            return repr(e)[:80]
+
     results = {}
     for name in a.configs.split(","):
         m = makers[name]()
 
-        def run(prof=None):
+        def run(prof=None, clocks=None):
             current = [None]
 
             def cb(i, *rest):
+                if clocks is not None:
+                    clocks.append(clock())
                 if prof is not None:
                     if current[0] is not None:
                         current[0].__exit__(None, None, None)
@@ -199,7 +219,13 @@ def main():
             return wall, computed
 
         run()
-        walls = [run()[0] for _ in range(3)]
+        HOST.clear()
+        TIMING[0] = True
+        clock_runs = [[] for _ in range(3)]
+        walls = [run(clocks=c)[0] for c in clock_runs]
+        TIMING[0] = False
+        host_us = {k: dict(calls=len(v), median_us=round(S.median(v) * 1e6, 1), total_ms=round(sum(v) / len(walls) * 1e3, 3))
+                   for k, v in HOST.items()}
         acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
         with torch.profiler.profile(activities=acts) as prof:
             wall_prof, computed = run(prof)
@@ -208,7 +234,8 @@ def main():
         trace = json.loads(path.read_text())
         path.unlink()
         r = analyse(trace, computed, a.steps)
-        r.update(wall_s=[round(w, 4) for w in walls], wall_profiled_s=round(wall_prof, 4), computed=computed)
+        r.update(wall_s=[round(w, 4) for w in walls], wall_profiled_s=round(wall_prof, 4), computed=computed,
+                 host_unprofiled=host_us, sm_clock_mhz=clock_runs)
         results[name] = r
         print(f"=== {name}: wall {[round(w, 4) for w in walls]} s (profiled {wall_prof:.4f}), computed {computed}")
         for kind, v in r["by_kind"].items():
@@ -217,6 +244,9 @@ def main():
                                                                    "sync_wait_ms", "kernels")))
         for k, v in r["pack_ranges"].items():
             print(f"  pack {k:13s}: {v}")
+        for k, v in host_us.items():
+            print(f"  unprofiled host {k:13s}: {v} (total_ms: per run)")
+        print(f"  SM clock MHz at each step's end (first unprofiled run): {clock_runs[0]}")
         print(f"  GPU busy total {r['gpu_busy_total_ms']:.1f} ms of host steps {r['host_steps_total_ms']:.1f} ms",
               flush=True)
     env = dict(torch=torch.__version__, gpu=torch.cuda.get_device_name() if cuda else "cpu", tiny=a.tiny,
