@@ -15,6 +15,7 @@ import argparse
 import bisect
 import functools
 import gc
+import inspect
 import json
 import statistics as S
 import sys
@@ -50,6 +51,52 @@ def ranged(fn, name):
     return inner
 
 
+CAPTURED: list = []         # (dm, args) of the first block's last TeaCache call
+FLAGS: dict = {}            # how ComfyUI runs the first block's modulation layer, during a run and after
+
+
+def lin_flags(dm) -> dict:
+    lin = dm.double_blocks[0].img_mod.lin
+    return dict(comfy_cast_weights=bool(getattr(lin, "comfy_cast_weights", None)),
+                weight_function=len(getattr(lin, "weight_function", []) or []),
+                bias_function=len(getattr(lin, "bias_function", []) or []), weight_device=str(lin.weight.device),
+                weight_dtype=str(lin.weight.dtype), type=type(lin).__module__ + "." + type(lin).__qualname__)
+
+
+def micro(captured, strategy, cuda, n: int = 300) -> dict:
+    """The indicator and the distance (its decision, with the read) alone, in a loop after the runs: host time per
+    call, and per call until the device is done. Against the same functions' host time inside a run, this shows
+    how much of that is the function itself."""
+    import torch
+    from comfyui_magcache.magcache_core.teacache import TeaCacheParams, TeaCacheRule
+    dm, args = captured
+    indicator = inspect.unwrap(type(strategy).modulated_input)      # without this script's ranges
+    decide_all = inspect.unwrap(TeaCacheRule.decide_all)
+    x = indicator(strategy, dm, args)
+    rule = TeaCacheRule(TeaCacheParams(1e9), 0, 10 ** 9)
+    rule.decide_all(1, [(0, x + 0.01)])
+    forms = {"indicator": lambda: indicator(strategy, dm, args), "distance": lambda: decide_all(rule, 5, [(0, x)])}
+    out = {}
+    with torch.inference_mode():
+        for name, f in forms.items():
+            for _ in range(20):
+                f()
+            host, total = [], []
+            for _ in range(5):
+                if cuda:
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                for _ in range(n):
+                    f()
+                h = time.perf_counter()
+                if cuda:
+                    torch.cuda.synchronize()
+                host.append((h - t) / n * 1e6)
+                total.append((time.perf_counter() - t) / n * 1e6)
+            out[name] = dict(host_us=round(S.median(host), 1), until_done_us=round(S.median(total), 1))
+    return out
+
+
 def instrument(strategy):
     """Profiler ranges and host timers around the pack's per-call functions (this process only, for the
     measurement)."""
@@ -60,6 +107,15 @@ def instrument(strategy):
     teacache.TeaCacheRule.decide_all = ranged(teacache.TeaCacheRule.decide_all, "tea_decide")
     cls = type(strategy)
     cls.modulated_input = ranged(cls.modulated_input, "indicator")
+    inner = cls.modulated_input
+
+    @functools.wraps(inner)
+    def keep(self, dm, args):
+        if not CAPTURED:
+            FLAGS["in_run"] = lin_flags(dm)
+        CAPTURED[:] = [(dm, args)]
+        return inner(self, dm, args)
+    cls.modulated_input = keep
 
 
 def merged(spans):
@@ -103,6 +159,20 @@ def analyse(trace: dict, computed: list[int], steps: int) -> dict:
         per_step.append(dict(step=i, host_ms=a["dur"] / 1e3, gpu_busy_ms=busy / 1e3, gpu_span_ms=span / 1e3,
                              gpu_idle_in_span_ms=(span - busy) / 1e3, sync_wait_ms=wait / 1e3, kernels=len(mine),
                              computed=i in computed))
+    ops = sorted((e for e in ev if e.get("cat") == "cpu_op"), key=lambda e: e["ts"])
+    op_starts = [e["ts"] for e in ops]
+    inside: dict = {}
+    for e in mc:                        # the host time of the torch ops each pack range calls, by op (top level)
+        t0, t1 = e["ts"], e["ts"] + e["dur"]
+        agg = inside.setdefault(e["name"][4:], {})
+        end = float("-inf")
+        for o in ops[bisect.bisect_left(op_starts, t0):bisect.bisect_left(op_starts, t1)]:
+            if o["ts"] < end:           # nested in the previous top-level op
+                continue
+            end = o["ts"] + o["dur"]
+            a = agg.setdefault(o["name"], [0, 0.0])
+            a[0] += 1
+            a[1] += o["dur"]
     ranges: dict = {}
     for e in mc:
         t0, t1 = e["ts"], e["ts"] + e["dur"]
@@ -124,7 +194,9 @@ def analyse(trace: dict, computed: list[int], steps: int) -> dict:
     all_gpu = merged([(k["ts"], k["ts"] + k["dur"]) for k in gpu])
     first = min((a["ts"] for a in ann), default=0.0)
     last = max((a["ts"] + a["dur"] for a in ann), default=0.0)
-    return dict(by_kind=kinds, pack_ranges={k: {f: round(v, 3) if isinstance(v, float) else v for f, v in r.items()}
+    range_ops = {k: {n: dict(calls=c, host_ms=round(d / 1e3, 3)) for n, (c, d) in
+                     sorted(v.items(), key=lambda kv: -kv[1][1])[:12]} for k, v in inside.items()}
+    return dict(by_kind=kinds, range_ops=range_ops, pack_ranges={k: {f: round(v, 3) if isinstance(v, float) else v for f, v in r.items()}
                                             for k, r in ranges.items()},
                 gpu_busy_total_ms=round(all_gpu / 1e3, 3), host_steps_total_ms=round((last - first) / 1e3, 3),
                 per_step=[{k: round(v, 3) if isinstance(v, float) else v for k, v in p.items()} for p in per_step])
@@ -244,11 +316,19 @@ def main():
                                                                    "sync_wait_ms", "kernels")))
         for k, v in r["pack_ranges"].items():
             print(f"  pack {k:13s}: {v}")
+        for k, v in r["range_ops"].items():
+            print(f"  ops in {k:13s}: " + ", ".join(f"{n} {d['calls']}x {d['host_ms']:.2f} ms" for n, d in v.items()))
         for k, v in host_us.items():
             print(f"  unprofiled host {k:13s}: {v} (total_ms: per run)")
         print(f"  SM clock MHz at each step's end (first unprofiled run): {clock_runs[0]}")
         print(f"  GPU busy total {r['gpu_busy_total_ms']:.1f} ms of host steps {r['host_steps_total_ms']:.1f} ms",
               flush=True)
+    if "teacache" in results and CAPTURED:
+        FLAGS["after"] = lin_flags(CAPTURED[-1][0])
+        results["micro"] = micro(CAPTURED[-1], strategy, cuda)
+        results["lin_flags"] = FLAGS
+        print("img_mod.lin:", FLAGS, flush=True)
+        print("micro (host us per call, and with the device's work / call):", results["micro"], flush=True)
     env = dict(torch=torch.__version__, gpu=torch.cuda.get_device_name() if cuda else "cpu", tiny=a.tiny,
                date=time.strftime("%Y-%m-%d"))
     (out_dir / "tea_timeline.json").write_text(json.dumps(dict(env=env, results=results), indent=1))
