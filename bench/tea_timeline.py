@@ -1,10 +1,14 @@
 """Where TeaCache's time goes against MagCache and the limit, on the GPU's own timeline (FLUX.1-dev size, random bf16
-weights, 28 steps): each config (unpatched, identity, MagCache, TeaCache) runs once under torch.profiler with CUDA
-activity after a warm-up. Per run and per kind of step (computed / skipped, as the pack's summary says): the host
-time of the steps, the GPU's busy time (kernels and copies of the step, overlaps merged), the GPU's idle time
-inside the step, and the host time spent waiting in CUDA synchronising calls. For the pack's own per-call work
-(the TeaCache indicator, the decision, MagCache's skip) the host time and the GPU time of the kernels it launched,
-through profiler ranges this script puts around those functions of the pack for this measurement only.
+weights, 28 steps). Each config (unpatched, identity, MagCache, TeaCache) runs once as a warm-up, three times with
+timers around the pack's per-call functions (their unprofiled host time per call, and the SM clock at each step's
+end), then once under torch.profiler with CUDA activity. From the profiled run, per kind of step (computed /
+skipped, as the pack's summary says): the host time of the steps, the GPU's busy time (the kernels and copies the
+step launched, overlaps merged), the GPU's idle time inside the step, and the host time spent in synchronising CUDA
+calls; per pack function (the TeaCache indicator, the decision, ``enter_blocks``...): its host time, the GPU time of
+the kernels it launched, and the torch ops it called. After the TeaCache runs: the indicator and the decision timed
+alone in a loop, and how ComfyUI runs the first block's modulation layer (weight casting, weight functions, device)
+during a run and after it. The timers and profiler ranges are put around the pack's functions by this script, for
+the measurement only; the traces are analysed and deleted (``tea_timeline.json`` keeps the figures).
 
     python bench/tea_timeline.py PATH_TO_COMFYUI --out DIR          # on the GPU machine
     python bench/tea_timeline.py PATH_TO_COMFYUI --out DIR --tiny   # CPU smoke test (no GPU timeline)
