@@ -34,6 +34,16 @@ class Capture(logging.Handler):
     def emit(self, record):
         self.lines.append(record.getMessage())
 
+    @classmethod
+    def pack_log(cls) -> "Capture":
+        """A handler keeping the pack's log lines (and only here: they are not passed on to the root logger)."""
+        cap = cls()
+        lg = logging.getLogger("comfyui-magcache")
+        lg.addHandler(cap)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
+        return cap
+
 
 def load(comfy_root) -> tuple[bool, object]:
     """Import ComfyUI from ``comfy_root`` and the pack; returns (CUDA available, the pack module)."""

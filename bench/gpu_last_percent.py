@@ -167,11 +167,7 @@ def main():
     import comfy.sample
     nodes = pack.NODE_CLASS_MAPPINGS
     from comfyui_magcache.strategies import detect
-    capture = Capture()
-    lg = logging.getLogger("comfyui-magcache")
-    lg.addHandler(capture)
-    lg.setLevel(logging.INFO)
-    lg.propagate = False
+    capture = Capture.pack_log()
 
     dev = torch.device("cuda") if cuda else torch.device("cpu")
     dtype = torch.bfloat16

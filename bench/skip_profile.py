@@ -13,14 +13,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 from comfy_setup import FLUX_DEV, TINY, SUMMARY_RE, Capture, load, random_model
 tiny = "--tiny" in sys.argv
 cuda, pack = load(sys.argv[1])
-import logging, torch, comfy.sample
+import torch, comfy.sample
 import gpu_last_percent as g
 from comfyui_magcache.strategies import detect
 dev = torch.device("cuda" if cuda else "cpu"); dtype = torch.bfloat16
 cfg = TINY["flux"] if tiny else FLUX_DEV
 base = random_model("flux", cfg, dev, dtype, 0)
 st = detect(base); nodes = pack.NODE_CLASS_MAPPINGS
-cap = Capture(); lg = logging.getLogger("comfyui-magcache"); lg.addHandler(cap); lg.setLevel(logging.INFO); lg.propagate = False
+cap = Capture.pack_log()
 gcn = torch.Generator().manual_seed(1)
 mk = lambda: [[torch.randn(1, 512, cfg["context_in_dim"], generator=gcn).to(dtype), {"pooled_output": torch.randn(1, cfg["vec_in_dim"], generator=gcn), "guidance": 3.5}]]
 pos, neg = mk(), mk()

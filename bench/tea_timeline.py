@@ -217,7 +217,6 @@ def main():
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     cuda, pack = load(a.comfyui)
-    import logging
     import torch
     import comfy.sample
     import gpu_last_percent as g
@@ -228,11 +227,7 @@ def main():
     strategy = detect(base)
     instrument(strategy)
     nodes = pack.NODE_CLASS_MAPPINGS
-    cap = Capture()
-    lg = logging.getLogger("comfyui-magcache")
-    lg.addHandler(cap)
-    lg.setLevel(logging.INFO)
-    lg.propagate = False
+    cap = Capture.pack_log()
     gcn = torch.Generator().manual_seed(1)
     mk = lambda: [[torch.randn(1, 512, cfg["context_in_dim"], generator=gcn).to(torch.bfloat16),  # noqa: E731
                    {"pooled_output": torch.randn(1, cfg["vec_in_dim"], generator=gcn), "guidance": 3.5}]]
