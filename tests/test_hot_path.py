@@ -158,7 +158,7 @@ def test_calibrate_and_teacache_run_under_torch_compile():
     out = sample(TeaCacheApply().apply(comp, "flux", 0.4)[0], steps=6)
     assert torch.isfinite(out).all()
     extra = {k.split("\n")[0] for k in set(counters["graph_break"]) - plain}
-    assert all("item()" in k for k in extra), extra
+    assert extra and all("item()" in k for k in extra), extra    # the read is there, and it is the only one
 
 
 def test_teacache_reads_once_per_decided_call_and_copies_nothing_to_float32(no_cpu_clock_check):
