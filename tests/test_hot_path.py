@@ -17,7 +17,7 @@ from torch.overrides import TorchFunctionMode
 from comfyui_magcache.nodes import patching
 from comfyui_magcache.nodes.magcache_nodes import MagCacheApply, MagCacheCalibrate, MagCacheRatios
 from test_comfy_magcache import BlockSteps
-from tiny_models import dynamo_counts, sample, tiny_flux, tiny_wan
+from tiny_models import dynamo_counts, sample, tiny_flux, tiny_wan, with_pytorch_attention
 
 PACK = Path(__file__).resolve().parents[1]
 PACK_DIRS = tuple(str(PACK / d) for d in ("nodes", "magcache_core", "strategies"))
@@ -141,8 +141,7 @@ def test_calibrate_and_teacache_run_under_torch_compile():
     from comfy_api.torch_helpers import set_torch_compile_wrapper
     from comfyui_magcache.nodes.teacache_nodes import TeaCacheApply
 
-    base = tiny_flux(seed=7)
-    comp = base.clone()
+    comp = with_pytorch_attention(tiny_flux(seed=7))      # graph breaks of the model and the pack only
     set_torch_compile_wrapper(comp, backend="eager")
     torch._dynamo.reset()
     counters.clear()

@@ -71,11 +71,29 @@ def sample(model, steps=8, cfg=1.0, seed=3, size=16, sampler="euler", scheduler=
                                denoise=denoise, callback=callback, disable_pbar=True, seed=seed)
 
 
+def _pytorch_attention(func, *args, **kwargs):
+    import comfy.ldm.modules.attention as attention
+    return attention.attention_pytorch(*args, **kwargs)
+
+
+def with_pytorch_attention(model):
+    """A clone of ``model`` whose attention is PyTorch's SDPA, through ComfyUI's own per-model option
+    (transformer_options["optimized_attention_override"]). On the CPU ComfyUI picks sub-quadratic attention,
+    which reads the host's free memory into the traced graph: dynamo guards on that number and recompiles
+    whenever it moves, so graph counts taken with it depend on what else the machine is doing. On CUDA
+    ComfyUI picks SDPA itself."""
+    m = model.clone()
+    m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = _pytorch_attention
+    return m
+
+
 def dynamo_counts(model, runs=3, steps=10):
-    """Samples ``model`` (under ComfyUI's torch.compile wrapper) ``runs`` times from a fresh dynamo: the set of
-    graph-break reasons, and the count of unique graphs after each run (constant = nothing recompiled)."""
+    """Samples ``model`` (under ComfyUI's torch.compile wrapper, with PyTorch's attention: see
+    with_pytorch_attention) ``runs`` times from a fresh dynamo: the set of graph-break reasons, and the count of
+    unique graphs after each run (constant = nothing recompiled)."""
     import torch._dynamo
     from torch._dynamo.utils import counters
+    model = with_pytorch_attention(model)
     torch._dynamo.reset()
     counters.clear()
     graphs = []
