@@ -13,6 +13,12 @@ Configs:
   identity_sync        the same plus one host read per step (a float() of one element at block 0): the floor of
                        a method that reads a value from the device on every step, as TeaCache and EasyCache do
                        by design; their "ratio_to_sync_limit" is measured against it
+  unpatched_resident, identity_resident
+                       the same as unpatched and identity, with the run's conds put on the GPU once before
+                       sampling, as the pack does for its own runs (nodes/resident_conds.py; ComfyUI copies them
+                       from pageable host memory in every model call, which makes each call wait for the GPU).
+                       With both, every config also gets "ratio_to_resident_limit": its limit taken from these
+                       two, so that the pack's configs are measured against a floor with the same cond placement
 
 --interleave: the timed runs go round-robin over the configs instead of config after config (the runs of one
 config spread by 1-4 % on the H100, and a drift between configs moves every ratio); each config then also gets
@@ -20,6 +26,9 @@ config spread by 1-4 % on the H100, and a drift between configs moves every rati
 unpatched and identity runs). --warmup 0 there: no untimed run per config (one short run of the process first).
 --sync-debug: one more run per config under torch.cuda's sync debug mode, which reports every synchronizing
 CUDA call; the result's "syncs" counts them and names where they come from.
+--count-copies: one more run per config under torch.profiler (CUDA activity): the result's "h2d_copies" counts
+the host-to-device copies of the whole call to comfy.sample.sample by kind (pageable or pinned source). Use it
+with --tiny: on the full-size FLUX model, profiled runs of ten configs took longer than 450 s.
   magcache             MagCacheApply (FLUX "flux" 0.24 / 0.1 / K 5; Wan "wan2.1_t2v_14B" 0.24 / 0.2 / K 6)
   magcache_reuse       the same with skipped_steps "reuse" (the node's default is "extrapolate")
   magcache_offload     the same, cache_device "cpu" (residuals offloaded to pinned host memory)
@@ -58,7 +67,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from comfy_setup import FLUX_DEV, SUMMARY_RE, TINY, WAN_14B, Capture, load, random_model  # noqa: E402
 SETTINGS = {"flux": dict(preset="flux", mag=(0.24, 0.1, 5), tea=0.6, cfg=1.0),
             "wan14b": dict(preset="wan2.1_t2v_14B", mag=(0.24, 0.2, 6), tea=0.2, cfg=5.0)}
-CONFIGS = ["unpatched", "identity", "identity_sync", "magcache", "magcache_reuse", "magcache_offload", "teacache",
+CONFIGS = ["unpatched", "identity", "identity_sync", "unpatched_resident", "identity_resident", "magcache", "magcache_reuse", "magcache_offload", "teacache",
            "thresh0", "calibrate", "easycache", "easycache_max", "compiled_unpatched", "compiled_identity", "compiled_magcache"]
 
 
@@ -86,6 +95,8 @@ def parse_args():
     p.add_argument("--no-gc-prep", action="store_true", help="do not collect and freeze Python's garbage before "
                    "each run (by default each run starts after gc.collect() and gc.freeze(), so that a full sweep "
                    "of the process's objects, 0.1-0.2 s, cannot land in one timed run and not another)")
+    p.add_argument("--count-copies", action="store_true", help="one more run per config under torch.profiler: "
+                   "its host-to-device copies, by kind")
     p.add_argument("--sync-debug", action="store_true", help="one more run per config under torch.cuda's sync debug "
                    "mode: where host syncs happen (the innermost frames of each, counted)")
     return p.parse_args()
@@ -110,6 +121,34 @@ def identity_sync_patches(m, strategy):
             return s.passthrough(k, args)
         m.set_model_patch_replace(patch, "dit", key[0], key[1])
     return m
+
+
+def resident_conds(m):
+    """A clone whose runs get their conds on the sampling device once, before sampling, through the pack's own
+    function (the pack does this in its SAMPLER_SAMPLE wrapper, for its runs only)."""
+    import comfy.patcher_extension
+    from comfyui_magcache.nodes.resident_conds import on_device
+    m = m.clone()
+
+    def wrapper(executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
+        conds = guider.conds
+        guider.conds = on_device(conds, noise.device)
+        try:
+            return executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
+        finally:
+            guider.conds = conds
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, "bench-resident-conds", wrapper)
+    return m
+
+
+def h2d_copies(fn) -> dict:
+    """Runs ``fn`` under torch.profiler with CUDA activity: its host-to-device copies, counted by kind."""
+    import collections
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+    kinds = collections.Counter(e.name for e in prof.events() if e.name.startswith("Memcpy HtoD"))
+    return dict(kinds)
 
 
 def sync_sites(fn, depth: int = 6) -> dict:
@@ -221,6 +260,10 @@ def main():
             return identity_patches(m, strategy)
         if plain == "identity_sync":
             return identity_sync_patches(m, strategy)
+        if plain == "unpatched_resident":
+            return resident_conds(m)
+        if plain == "identity_resident":
+            return resident_conds(identity_patches(m, strategy))
         if plain == "magcache":
             return nodes["MagCacheApply"]().apply(m, st["preset"], *st["mag"])[0]
         if plain == "magcache_reuse":
@@ -331,6 +374,7 @@ def main():
                 last[name] = (o, calls, summary, last_steps[0])
                 if cuda:
                     peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated() / 2**30)
+        copies = {n: h2d_copies(lambda: run(m)) for n, (m, _) in models.items()} if a.count_copies and cuda else {}
         for name, (m, warm_s) in models.items():
             o, calls, summary, steps_log = last[name]
             r = dict(wall_s_median=statistics.median(walls[name]), wall_s=walls[name],
@@ -338,6 +382,8 @@ def main():
                      out_finite=bool(torch.isfinite(o).all()), interleaved=True, gc_per_run=gcs[name])
             if steps_log is not None:
                 r["step_times"] = steps_log
+            if name in copies:
+                r["h2d_copies"] = copies[name]
             if cuda:
                 r["peak_gib"] = peaks[name]
             results[name], outs[name] = r, o
@@ -373,6 +419,8 @@ def main():
             gcs.append(gc_log[-1])
         if a.sync_debug and cuda:
             r_syncs = sync_sites(lambda: run(m))
+        if a.count_copies and cuda:
+            r_copies = h2d_copies(lambda: run(m))
         if name.startswith("compiled_"):
             dyn = dict(graph_breaks=sum(counters["graph_break"].values()),
                        graph_break_reasons=[k.split("\n")[0][:200] for k in counters["graph_break"]],
@@ -389,6 +437,8 @@ def main():
             r["dynamo"] = dyn
         if a.sync_debug and cuda:
             r["syncs"] = r_syncs
+        if a.count_copies and cuda:
+            r["h2d_copies"] = r_copies
         if a.step_times and last_steps[0] is not None:
             r["step_times"] = last_steps[0]
         results[name], outs[name] = r, o
@@ -416,6 +466,17 @@ def main():
                 paired = [(c * u + (a.steps - c) * i) / a.steps / w for u, i, w in zip(*rounds)]
                 r["ratio_per_round"] = [round(x, 4) for x in paired]
                 r["ratio_paired_median"] = statistics.median(paired)
+            res_full, res_skip = results.get(prefix + "unpatched_resident"), results.get(prefix + "identity_resident")
+            if res_full is not None and res_skip is not None:
+                # The same limit with the conds on the GPU before sampling, as in the pack's runs.
+                c_res = 0 if name.removeprefix(prefix).startswith("identity") else r["computed_steps"]
+                r["resident_limit_s"] = (c_res * res_full["wall_s_median"]
+                                         + (a.steps - c_res) * res_skip["wall_s_median"]) / a.steps
+                r["ratio_to_resident_limit"] = r["resident_limit_s"] / r["wall_s_median"]
+                rounds_res = [res_full.get("wall_s"), res_skip.get("wall_s"), r["wall_s"]]
+                if r.get("interleaved") and all(w and len(w) == len(rounds_res[2]) for w in rounds_res):
+                    r["ratio_to_resident_limit_paired"] = statistics.median(
+                        (c_res * u + (a.steps - c_res) * i) / a.steps / w for u, i, w in zip(*rounds_res))
             sync = results.get(prefix + "identity_sync")
             if sync is not None and name.removeprefix(prefix) in ("teacache", "easycache", "easycache_max"):
                 r["sync_limit_s"] = c * f + (a.steps - c) * sync["wall_s_median"] / a.steps
@@ -431,12 +492,14 @@ def main():
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(dict(env=env, results=results), indent=1))
     print(f"\n{'config':<20} {'computed':>8} {'wall s':>8} {'ratio':>6} {'speedup':>7} {'peak GiB':>8} {'max|d|':>9} "
-          f"{'sync ratio':>10} {'paired':>6}")
+          f"{'sync ratio':>10} {'paired':>6} {'resident':>8} {'paired':>6}")
     for name, r in results.items():
         print(f"{name:<20} {r['computed_steps']:>5}/{a.steps:<2} {r['wall_s_median']:>8.3f} "
               f"{r.get('ratio_to_limit', float('nan')):>6.3f} {r.get('speedup_vs_unpatched', float('nan')):>6.2f}x "
               f"{r.get('peak_gib', float('nan')):>8.2f} {r.get('max_abs_diff_vs_unpatched', float('nan')):>9.3g} "
-              f"{r.get('ratio_to_sync_limit', float('nan')):>10.3f} {r.get('ratio_paired_median', float('nan')):>6.3f}")
+              f"{r.get('ratio_to_sync_limit', float('nan')):>10.3f} {r.get('ratio_paired_median', float('nan')):>6.3f} "
+              f"{r.get('ratio_to_resident_limit', float('nan')):>8.3f} "
+              f"{r.get('ratio_to_resident_limit_paired', float('nan')):>6.3f}")
 
 
 def _version(root):

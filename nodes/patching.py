@@ -3,6 +3,9 @@
 * OUTER_SAMPLE wrapper: makes this run's ``RunState`` when sampling starts (finding where the
   sampler's sigmas sit in the whole schedule, see ``schedule.py``), puts it in the guider's
   (per-run) transformer_options, and drops it in ``finally`` (errors, interrupts).
+* SAMPLER_SAMPLE wrapper: for such a run, the processed conds go to the sampling device once, so that
+  ComfyUI's per-call copies from pageable host memory do not make every model call wait for the GPU
+  (``resident_conds.py``).
 * APPLY_MODEL wrapper (every ComfyUI model goes through it; several DiTs have no DIFFUSION_MODEL
   wrapper): per model call, finds the step from ``transformer_options["sigmas"]`` and the conds
   from ``["uuids"]`` / ``["cond_or_uncond"]``, and opens a call context, which travels with the
@@ -38,10 +41,11 @@ from dataclasses import dataclass
 import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.utils
+import torch
 
 from ..magcache_core import CallContext, RunConfig, RunState
 from ..strategies import BlockStrategy, Strategy
-from . import report
+from . import report, resident_conds
 from .schedule import CLOCKED_SAMPLERS, drops_penultimate, locate, sampler_name, too_few_steps, unusable
 
 KEY = "comfyui-magcache"                 # wrapper key
@@ -125,10 +129,11 @@ def patch_model(model, strategy: Strategy, config, on_success=None, reporter: re
     (``report.py``), which goes to ``reporter``'s node. A run whose whole schedule has fewer than ``min_steps``
     steps computes every step (``schedule.too_few_steps``; 0: no minimum)."""
     m = model.clone()
-    for wrapper_type in (WMP.OUTER_SAMPLE, WMP.APPLY_MODEL, WMP.DIFFUSION_MODEL):
+    for wrapper_type in (WMP.OUTER_SAMPLE, WMP.SAMPLER_SAMPLE, WMP.APPLY_MODEL, WMP.DIFFUSION_MODEL):
         m.remove_wrappers_with_key(wrapper_type, KEY)      # re-applying replaces, never stacks
     m.add_wrapper_with_key(WMP.OUTER_SAMPLE, KEY, functools.partial(_outer_sample, config, strategy, on_success, reporter,
                                                                   min_steps=min_steps))
+    m.add_wrapper_with_key(WMP.SAMPLER_SAMPLE, KEY, _sampler_sample)
     m.add_wrapper_with_key(WMP.APPLY_MODEL, KEY, _apply_model)
     existing = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     # Our own block patches from an earlier apply: unwrap them back to what they wrapped.
@@ -203,6 +208,24 @@ def _outer_sample(config: RunConfig, strategy: Strategy, on_success, reporter, e
         guider.model_options = orig_options
         report.run_ended(reporter, state, started, finished, details)      # the log line, and the node's report
         state.release()
+
+
+def _sampler_sample(executor, guider, *args, **kwargs):
+    """Sampling itself, after ComfyUI has processed the conds: for a run the pack caches, the conds go to the
+    sampling device once, here, instead of from pageable host memory in every model call
+    (``resident_conds.py`` says why). The guider gets its own conds back when sampling ends."""
+    # SAMPLER_SAMPLE's arguments: guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, ...
+    extra_args = args[1] if len(args) > 1 else kwargs.get("extra_args") or {}
+    noise = args[3] if len(args) > 3 else kwargs.get("noise")
+    options = extra_args.get("model_options", {}).get("transformer_options", {})
+    conds = getattr(guider, "conds", None)
+    if RUN_KEY not in options or not isinstance(conds, dict) or not isinstance(noise, torch.Tensor):
+        return executor(guider, *args, **kwargs)        # not a run the pack caches: as ComfyUI does it
+    guider.conds = resident_conds.on_device(conds, noise.device)
+    try:
+        return executor(guider, *args, **kwargs)
+    finally:
+        guider.conds = conds
 
 
 def _transformer_options(args, kwargs) -> dict | None:
