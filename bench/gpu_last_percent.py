@@ -127,16 +127,12 @@ def resident_conds(m):
     """A clone whose runs get their conds on the sampling device once, before sampling, through the pack's own
     function (the pack does this in its SAMPLER_SAMPLE wrapper, for its runs only)."""
     import comfy.patcher_extension
-    from comfyui_magcache.nodes.resident_conds import on_device
+    from comfyui_magcache.nodes.resident_conds import resident
     m = m.clone()
 
     def wrapper(executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
-        conds = guider.conds
-        guider.conds = on_device(conds, noise.device)
-        try:
+        with resident(guider, noise.device):
             return executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
-        finally:
-            guider.conds = conds
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, "bench-resident-conds", wrapper)
     return m
 

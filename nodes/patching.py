@@ -221,11 +221,8 @@ def _sampler_sample(executor, guider, *args, **kwargs):
     conds = getattr(guider, "conds", None)
     if RUN_KEY not in options or not isinstance(conds, dict) or not isinstance(noise, torch.Tensor):
         return executor(guider, *args, **kwargs)        # not a run the pack caches: as ComfyUI does it
-    guider.conds = resident_conds.on_device(conds, noise.device)
-    try:
+    with resident_conds.resident(guider, noise.device):
         return executor(guider, *args, **kwargs)
-    finally:
-        guider.conds = conds
 
 
 def _transformer_options(args, kwargs) -> dict | None:

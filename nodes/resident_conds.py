@@ -8,13 +8,15 @@ blocks the pack skips then costs its whole host time (ComfyUI's per-call Python,
 the computed step before it, where it could have been queued while the GPU was still running that step.
 
 For a run the pack caches, ``patching._sampler_sample`` (the SAMPLER_SAMPLE wrapper: sampling itself, after
-ComfyUI has processed the conds) hands the guider ``on_device(conds, device)`` and puts the original back
-when sampling ends. ComfyUI's per-call work on them (repeat to the batch, area narrowing, concatenation) then
+ComfyUI has processed the conds) samples inside ``resident(guider, device)``: the guider holds
+``on_device(conds, device)`` meanwhile and gets its own conds back when sampling ends. ComfyUI's per-call work on them (repeat to the batch, area narrowing, concatenation) then
 runs on the device, and its cast to the model's dtype finds nothing to copy from the host. Values are
 unchanged: that cast still happens in every call, on the device, as before. The copies cost the conds' size in
 device memory for the run (a few MiB for a text encoder's output).
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -47,3 +49,15 @@ def on_device(conds: dict, device) -> dict:
             new_entries.append(entry)
         out[name] = new_entries if entries is not None else entries
     return out if moved else conds
+
+
+@contextlib.contextmanager
+def resident(guider, device):
+    """While inside: ``guider.conds`` is ``on_device(guider.conds, device)``. On leaving, however it is left
+    (an error, an interrupt), the guider gets back the conds it had."""
+    conds = guider.conds
+    guider.conds = on_device(conds, device)
+    try:
+        yield
+    finally:
+        guider.conds = conds
