@@ -1,7 +1,7 @@
 """A cached run's conds on the sampling device, copied once before the first model call.
 
-ComfyUI keeps a run's processed conds (the text encoder's output, pooled vectors, FLUX's guidance, concat
-latents...) in host memory and copies them to the GPU in every model call (``BaseModel._apply_model``,
+ComfyUI keeps a run's processed conds (the text encoder's output, pooled vectors, FLUX's guidance, concat and
+reference latents...) in host memory and copies them to the GPU in every model call (``BaseModel._apply_model``,
 ``cast_to_device``). They are pageable, so each of those copies first waits until the GPU has finished
 everything queued before it: every model call starts with the host waiting for the step before. A step whose
 blocks the pack skips then costs its whole host time (ComfyUI's per-call Python, the copies themselves) after
@@ -21,11 +21,20 @@ import contextlib
 import torch
 
 
+def _on_host(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.device.type == "cpu"
+
+
 def _moved(cond, device: torch.device):
-    tensor = getattr(cond, "cond", None)
-    if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu" or not hasattr(cond, "_copy_with"):
-        return cond                 # lists of tensors, constants, ones already on a device: as they are
-    return cond._copy_with(tensor.to(device))
+    value = getattr(cond, "cond", None)
+    if not hasattr(cond, "_copy_with"):
+        return cond
+    if _on_host(value):                         # CONDRegular, CONDCrossAttn, CONDNoiseShape...
+        return cond._copy_with(value.to(device))
+    if isinstance(value, (list, tuple)) and value and all(_on_host(v) for v in value):
+        # CONDList: reference latents (FLUX Kontext, Qwen-Image Edit...), copied per call like the rest
+        return cond._copy_with(type(value)(v.to(device) for v in value))
+    return cond                                 # constants, mixed lists, what is on a device already
 
 
 def on_device(conds: dict, device) -> dict:

@@ -34,8 +34,9 @@ def model_cond_tensors(cs):
 def test_on_device_copies_every_host_cond_tensor_and_changes_nothing_it_was_given():
     cs = processed(tiny_flux(seed=1))
     extra = cs["positive"][0]["model_conds"]
-    extra["test_list"] = comfy.conds.CONDList([torch.ones(2)])        # lists and constants stay as they are
-    extra["test_constant"] = comfy.conds.CONDConstant(3)
+    extra["test_refs"] = comfy.conds.CONDList([torch.ones(1, 16, 2, 2), torch.ones(1, 16, 4, 4)])  # Kontext-style
+    extra["test_mixed"] = comfy.conds.CONDList([torch.ones(2), "not a tensor"])     # as it is
+    extra["test_constant"] = comfy.conds.CONDConstant(3)                            # as it is
     extra["test_shape"] = comfy.conds.CONDNoiseShape(torch.ones(1, 16, 2, 2))
     before = model_cond_tensors(cs)
     objects = {k: dict(e["model_conds"]) for k, es in cs.items() for e in es}
@@ -50,8 +51,12 @@ def test_on_device_copies_every_host_cond_tensor_and_changes_nothing_it_was_give
         for new, old in zip(entries, cs[name]):
             for k, c in new["model_conds"].items():
                 assert type(c) is type(old["model_conds"][k]), k
-    assert moved["positive"][0]["model_conds"]["test_list"] is extra["test_list"]
+    refs = moved["positive"][0]["model_conds"]["test_refs"].cond
+    assert isinstance(refs, list) and [r.device for r in refs] == [META, META]
+    assert [r.shape for r in refs] == [r.shape for r in extra["test_refs"].cond]
+    assert moved["positive"][0]["model_conds"]["test_mixed"] is extra["test_mixed"]
     assert moved["positive"][0]["model_conds"]["test_constant"] is extra["test_constant"]
+    assert all(r.device.type == "cpu" for r in extra["test_refs"].cond)
     # what it was given is as it was: the same objects, on the CPU
     assert all(t.device.type == "cpu" for t in model_cond_tensors(cs).values())
     assert {k: dict(e["model_conds"]) for k, es in cs.items() for e in es} == objects
