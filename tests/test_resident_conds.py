@@ -13,7 +13,8 @@ import comfy.sampler_helpers
 import comfy.samplers
 from comfyui_magcache.nodes import patching, resident_conds
 from comfyui_magcache.nodes.magcache_nodes import MagCacheApply
-from tiny_models import conds, latent, tiny_flux
+from comfyui_magcache.nodes.schedule import MIN_STEPS
+from tiny_models import conds, latent, sample, tiny_flux
 
 META = torch.device("meta")
 
@@ -118,3 +119,23 @@ def test_the_conds_are_given_back_when_sampling_fails():
             patching.RUN_KEY: object()}}}, None, torch.empty(1, device=META), None, None, True)
     assert guider.conds is original
 
+
+
+def test_real_sampling_places_the_conds_of_the_runs_the_pack_caches_only(monkeypatch):
+    """Through ComfyUI's own sampling: the wrapper sees the run (once per sampling, with the sampling device) for
+    a cached run, and does nothing for the model without the pack or a run the pack leaves alone."""
+    calls = []
+    real = resident_conds.on_device
+
+    def spy(cs, device):
+        calls.append((sorted(cs), torch.device(device)))
+        return real(cs, device)
+    monkeypatch.setattr(resident_conds, "on_device", spy)
+    model = tiny_flux(seed=4)
+    sample(model, steps=6, cfg=2.0)
+    assert calls == []                                                  # the model without the pack
+    sample(MagCacheApply().apply(model, "flux", 0.24, 0.1, 5)[0], steps=6, cfg=2.0)
+    assert calls == [(["negative", "positive"], torch.device("cpu"))]
+    calls.clear()
+    sample(MagCacheApply().apply(model, "flux", 0.24, 0.1, 5)[0], steps=MIN_STEPS - 1, cfg=2.0)
+    assert calls == []                                 # a few-step run: computed in full, as without the node
