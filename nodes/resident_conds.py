@@ -41,8 +41,8 @@ def _moved(cond, device: torch.device):
 def on_device(conds: dict, device) -> dict:
     """``conds`` as ComfyUI's guider holds them while sampling (``{"positive": [entry, ...], ...}``, each entry a
     dict whose ``"model_conds"`` maps names to ComfyUI cond objects), with every cond object's host tensor, or
-    list of host tensors, copied to ``device``. What moves is new (entry dicts, cond objects made by their own ``_copy_with``);
-    nothing given is changed. ``conds`` itself comes back when nothing moves (``device`` is the CPU, or every
+    list of host tensors, copied to ``device``. What moves is new (entry dicts, cond objects made by their own
+    ``_copy_with``); nothing given is changed. ``conds`` itself comes back when nothing moves (``device`` is the CPU, or every
     tensor is already elsewhere)."""
     device = torch.device(device)
     if device.type == "cpu":

@@ -113,7 +113,8 @@ def test_the_conds_are_given_back_when_sampling_fails():
         raise RuntimeError("interrupted")
 
     wrappers = patched.wrappers[comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE]
-    executor = comfy.patcher_extension.WrapperExecutor.new_executor(failing, [w for ws in wrappers.values() for w in ws])
+    executor = comfy.patcher_extension.WrapperExecutor.new_executor(
+        failing, [w for ws in wrappers.values() for w in ws])
     with pytest.raises(RuntimeError, match="interrupted"):
         executor.execute(guider, torch.linspace(1, 0, 5), {"model_options": {"transformer_options": {
             patching.RUN_KEY: object()}}}, None, torch.empty(1, device=META), None, None, True)
