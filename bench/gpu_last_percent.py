@@ -68,7 +68,8 @@ from comfy_setup import FLUX_DEV, SUMMARY_RE, TINY, WAN_14B, Capture, load, rand
 SETTINGS = {"flux": dict(preset="flux", mag=(0.24, 0.1, 5), tea=0.6, cfg=1.0),
             "wan14b": dict(preset="wan2.1_t2v_14B", mag=(0.24, 0.2, 6), tea=0.2, cfg=5.0)}
 CONFIGS = ["unpatched", "identity", "identity_sync", "unpatched_resident", "identity_resident", "magcache",
-           "magcache_reuse", "magcache_offload", "teacache", "thresh0", "calibrate", "easycache", "easycache_max", "compiled_unpatched", "compiled_identity", "compiled_magcache"]
+           "magcache_reuse", "magcache_offload", "teacache", "thresh0", "calibrate", "easycache", "easycache_max",
+           "compiled_unpatched", "compiled_identity", "compiled_magcache"]
 
 
 def parse_args():
