@@ -148,6 +148,19 @@ def h2d_copies(fn) -> dict:
     return dict(kinds)
 
 
+def against(c: int, steps: int, full: dict, skip: dict, r: dict):
+    """The limit of a schedule of ``c`` computed steps out of ``steps``, each computed step costing a step of
+    ``full``'s runs and each other one a step of ``skip``'s: (limit in s, limit / ``r``'s median wall, and with
+    --interleave the ratio of each round to that round's own limit, else None). Taken round by round, a drift of
+    the machine between rounds cancels."""
+    limit = (c * full["wall_s_median"] + (steps - c) * skip["wall_s_median"]) / steps
+    rounds = [full.get("wall_s"), skip.get("wall_s"), r["wall_s"]]
+    paired = None
+    if r.get("interleaved") and all(w and len(w) == len(r["wall_s"]) for w in rounds):
+        paired = [(c * u + (steps - c) * i) / steps / w for u, i, w in zip(*rounds)]
+    return limit, limit / r["wall_s_median"], paired
+
+
 def sync_sites(fn, depth: int = 6) -> dict:
     """Runs ``fn`` under torch.cuda's sync debug mode ("warn"); returns {"count", "sites": [[count, frames], ...]}
     with the innermost Python frames (file:line function) of each synchronizing CUDA call, most frequent first."""
@@ -447,37 +460,24 @@ def main():
         full, skip = results.get(prefix + "unpatched"), results.get(prefix + "identity")
         if full is None or skip is None:
             continue
-        f, s = full["wall_s_median"] / a.steps, skip["wall_s_median"] / a.steps
+        res_full, res_skip = results.get(prefix + "unpatched_resident"), results.get(prefix + "identity_resident")
+        sync = results.get(prefix + "identity_sync")
         for name, r in results.items():
             if name.startswith("compiled_") != (prefix == "compiled_"):
                 continue
             c = r["computed_steps"] if not name.removeprefix(prefix).startswith("identity") else 0
-            limit = c * f + (a.steps - c) * s
-            r["limit_s"] = limit
-            r["ratio_to_limit"] = limit / r["wall_s_median"]
+            r["limit_s"], r["ratio_to_limit"], paired = against(c, a.steps, full, skip, r)
             r["speedup_vs_unpatched"] = full["wall_s_median"] / r["wall_s_median"]
-            rounds = [results.get(prefix + k, {}).get("wall_s") for k in ("unpatched", "identity")] + [r["wall_s"]]
-            if r.get("interleaved") and all(w and len(w) == len(rounds[2]) for w in rounds):
-                # Round by round (--interleave): each round's limit from that round's unpatched and identity runs,
-                # so that a drift of the machine between rounds cancels; the median over the rounds.
-                paired = [(c * u + (a.steps - c) * i) / a.steps / w for u, i, w in zip(*rounds)]
+            if paired is not None:
                 r["ratio_per_round"] = [round(x, 4) for x in paired]
                 r["ratio_paired_median"] = statistics.median(paired)
-            res_full, res_skip = results.get(prefix + "unpatched_resident"), results.get(prefix + "identity_resident")
             if res_full is not None and res_skip is not None:
                 # The same limit with the conds on the GPU before sampling, as in the pack's runs.
-                c_res = 0 if name.removeprefix(prefix).startswith("identity") else r["computed_steps"]
-                r["resident_limit_s"] = (c_res * res_full["wall_s_median"]
-                                         + (a.steps - c_res) * res_skip["wall_s_median"]) / a.steps
-                r["ratio_to_resident_limit"] = r["resident_limit_s"] / r["wall_s_median"]
-                rounds_res = [res_full.get("wall_s"), res_skip.get("wall_s"), r["wall_s"]]
-                if r.get("interleaved") and all(w and len(w) == len(rounds_res[2]) for w in rounds_res):
-                    r["ratio_to_resident_limit_paired"] = statistics.median(
-                        (c_res * u + (a.steps - c_res) * i) / a.steps / w for u, i, w in zip(*rounds_res))
-            sync = results.get(prefix + "identity_sync")
+                r["resident_limit_s"], r["ratio_to_resident_limit"], paired = against(c, a.steps, res_full, res_skip, r)
+                if paired is not None:
+                    r["ratio_to_resident_limit_paired"] = statistics.median(paired)
             if sync is not None and name.removeprefix(prefix) in ("teacache", "easycache", "easycache_max"):
-                r["sync_limit_s"] = c * f + (a.steps - c) * sync["wall_s_median"] / a.steps
-                r["ratio_to_sync_limit"] = r["sync_limit_s"] / r["wall_s_median"]
+                r["sync_limit_s"], r["ratio_to_sync_limit"], _ = against(c, a.steps, full, sync, r)
     ref = outs.get("unpatched")
     for name, r in results.items():
         if ref is not None and name in outs:

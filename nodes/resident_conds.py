@@ -11,9 +11,9 @@ For a run the pack caches, ``patching._sampler_sample`` (the SAMPLER_SAMPLE wrap
 ComfyUI has processed the conds) samples inside ``resident(guider, device)``: the guider holds
 ``on_device(conds, device)`` meanwhile and gets its own conds back when sampling ends. ComfyUI's per-call work
 on them (repeat to the batch, area narrowing, concatenation) then runs on the device, and its cast to the
-model's dtype finds nothing to copy from the host. Values are
-unchanged: that cast still happens in every call, on the device, as before. The copies cost the conds' size in
-device memory for the run (a few MiB for a text encoder's output).
+model's dtype finds nothing to copy from the host. Values are unchanged: that cast still happens in every call,
+on the device, as before. The copies cost the conds' size in device memory for the run (a few MiB for a text
+encoder's output).
 """
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ def on_device(conds: dict, device) -> dict:
     """``conds`` as ComfyUI's guider holds them while sampling (``{"positive": [entry, ...], ...}``, each entry a
     dict whose ``"model_conds"`` maps names to ComfyUI cond objects), with every cond object's host tensor, or
     list of host tensors, copied to ``device``. What moves is new (entry dicts, cond objects made by their own
-    ``_copy_with``); nothing given is changed. ``conds`` itself comes back when nothing moves (``device`` is the CPU, or every
-    tensor is already elsewhere)."""
+    ``_copy_with``); nothing given is changed. ``conds`` itself comes back when nothing moves (``device`` is the
+    CPU, or every tensor is already elsewhere)."""
     device = torch.device(device)
     if device.type == "cpu":
         return conds
